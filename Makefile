@@ -1,0 +1,32 @@
+# The two README commands: `make demo` and `make test`. Both create .venv and install on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+demo: install
+	$(PY) -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18
+	$(PY) -m training evaluate runs/digits-resnet18/best.pt --split test
+	@echo "checkpoint: runs/digits-resnet18/best.pt  curves: runs/digits-resnet18/curves.png"
+
+bench: install
+	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5
+
+clean:
+	rm -rf runs data bench/results

@@ -1,0 +1,1 @@
+"""Fine-tune torchvision classifiers from YAML recipes. Entry point: `python -m training`."""

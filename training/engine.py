@@ -1,0 +1,123 @@
+"""One training epoch and one evaluation pass; the same `evaluate` serves plain and EMA weights."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from training.ema import EMA
+from training.mix import BatchMixer
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+@dataclass
+class TrainState:
+    """What one epoch needs besides the model and data; owned by `fit`."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    mixer: BatchMixer
+    ema: EMA | None
+    device: torch.device
+    train_cfg: dict[str, Any]
+    clip_grad_norm: float = 0.0
+    set_train_mode: Any = field(default=None)
+
+
+def train_one_epoch(model: nn.Module, loader, state: TrainState, epoch: int, show: bool = True) -> dict[str, float]:
+    """Returns mean loss, accuracy against the (possibly mixed) target's argmax, and images/s."""
+    state.set_train_mode()
+    cfg, device = state.train_cfg, state.device
+    memory_format = torch.channels_last if cfg["channels_last"] else torch.preserve_format
+    total_loss = correct = seen = 0.0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        if state.mixer.active:
+            images, targets = state.mixer(images, labels)
+            hard = targets.argmax(1)
+        else:
+            targets, hard = labels, labels
+        with autocast(device, cfg["amp"]):
+            logits = model(images)
+            loss = state.criterion(logits, targets)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if state.clip_grad_norm:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), state.clip_grad_norm)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(model)
+        n = labels.shape[0]
+        total_loss += float(loss.detach()) * n
+        correct += float((logits.detach().argmax(1) == hard).sum())
+        seen += n
+        if show and (step % cfg["log_every"] == 0 or step == len(loader) - 1):
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.4f}",
+                acc=f"{correct / seen:.3f}",
+                lr=f"{state.optimizer.param_groups[-1]['lr']:.2e}",
+                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+            )
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / elapsed, "seconds": elapsed}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader, device: torch.device, amp: str = "none", tta_hflip: bool = False, show: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, C] (float32, CPU) and labels [N] for a whole loader."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not show, dynamic_ncols=True):
+        images = images.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images).float()
+            if tta_hflip:  # average probabilities of the image and its mirror, back in log space
+                flipped = model(images.flip(-1)).float()
+                logits = ((logits.softmax(1) + flipped.softmax(1)) / 2).log()
+        all_logits.append(logits.cpu())
+        all_labels.append(labels)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """top-1, top-5, cross-entropy loss and the confusion matrix (rows: true, columns: predicted)."""
+    pred = logits.argmax(1)
+    k = min(5, num_classes)
+    top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, -1)
+    return {
+        "acc": float((pred == labels).float().mean()),
+        "top5": float(top5.float().mean()),
+        "loss": float(F.cross_entropy(logits, labels)),
+        "n": int(labels.numel()),
+        "confusion": confusion,
+    }
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, **kwargs) -> dict[str, Any]:
+    logits, labels = predict(model, loader, device, **kwargs)
+    return metrics_from_logits(logits, labels, num_classes)

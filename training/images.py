@@ -1,0 +1,44 @@
+"""Decoding an image file into the RGB picture the models see.
+
+Deliberately free of torch: the serving side must convert uploads exactly as training converted
+its files (DESIGN.md, "Serving"), and a serving container carries no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# 16-bit and 32-bit integer modes PIL uses for 16-bit PNG/TIFF.
+_WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any common PIL mode -> 8-bit RGB, upright, first frame.
+
+    EXIF orientation is applied (phones store rotated JPEGs). 16-bit images are scaled to 8 bits
+    rather than clipped. Alpha is dropped, as torchvision's ImageFolder loader does, so a model
+    trained on folders loaded elsewhere with torchvision sees the same pixels here.
+    """
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_INT_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if wide.max(initial=0) > 255 or image.mode != "I" else 255.0
+        image = Image.fromarray(np.clip(wide * (255.0 / peak), 0, 255).round().astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).round().astype(np.uint8), "L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def open_rgb(source: str | Path | BinaryIO) -> Image.Image:
+    """Open, fully decode and convert one image; raises PIL/OSError on a bad or truncated file."""
+    with Image.open(source) as image:
+        image.load()
+        return to_rgb(image)

@@ -1,0 +1,80 @@
+"""Train and eval transforms, built from a checkpoint's `preprocess` dict and the recipe's `augment`.
+
+`eval_transform` is the single definition of evaluation preprocessing (resize the shorter side,
+center crop, scale to 0..1, normalize). Export bakes the normalization into the ONNX graph and the
+service reproduces the resize/crop; both are tested against this function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+def _to_tensor(preprocess: dict[str, Any]) -> list:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=preprocess["mean"], std=preprocess["std"]),
+    ]
+
+
+def eval_geometry(preprocess: dict[str, Any]) -> v2.Compose:
+    """PIL RGB -> PIL RGB at crop_size x crop_size: the resize + center crop of evaluation."""
+    interpolation = INTERPOLATIONS[preprocess["interpolation"]]
+    return v2.Compose(
+        [
+            v2.Resize(preprocess["resize_size"], interpolation=interpolation, antialias=True),
+            v2.CenterCrop(preprocess["crop_size"]),
+        ]
+    )
+
+
+def eval_transform(preprocess: dict[str, Any]) -> v2.Compose:
+    """PIL RGB -> normalized float tensor [3, crop, crop]."""
+    return v2.Compose([eval_geometry(preprocess), *_to_tensor(preprocess)])
+
+
+def train_transform(preprocess: dict[str, Any], augment: dict[str, Any]) -> v2.Compose:
+    """PIL RGB -> augmented, normalized float tensor [3, crop, crop]; each step switchable."""
+    size = preprocess["crop_size"]
+    interpolation = INTERPOLATIONS[preprocess["interpolation"]]
+    steps: list = []
+    if augment["crop"] == "random_resized":
+        steps.append(
+            v2.RandomResizedCrop(size, scale=(augment["min_scale"], 1.0), interpolation=interpolation)
+        )
+    else:
+        steps += [v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    if augment["crop_padding"]:
+        # reflect padding keeps the borders image-like; zero padding adds black frames eval never has
+        steps.append(v2.RandomCrop(size, padding=augment["crop_padding"], padding_mode=augment["padding_mode"]))
+    if augment["hflip"]:
+        steps.append(v2.RandomHorizontalFlip(augment["hflip"]))
+    if augment["rotation"]:
+        steps.append(v2.RandomRotation(augment["rotation"], interpolation=interpolation))
+    if augment["color_jitter"]:
+        c = augment["color_jitter"]
+        steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c))
+    if augment["auto_augment"] == "randaugment":
+        steps.append(
+            v2.RandAugment(
+                num_ops=augment["randaugment_num_ops"],
+                magnitude=augment["randaugment_magnitude"],
+                interpolation=interpolation,
+            )
+        )
+    elif augment["auto_augment"] == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    steps += _to_tensor(preprocess)
+    if augment["random_erasing"]:
+        steps.append(v2.RandomErasing(augment["random_erasing"]))
+    return v2.Compose(steps)
