@@ -1,9 +1,9 @@
 """Command line of the training stage.
 
-    python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 [--set k=v ...]
-    python -m training fit --out runs/digits-resnet18 --resume
-    python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
-    python -m training data digits --out data/digits
+python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 [--set k=v ...]
+python -m training fit --out runs/digits-resnet18 --resume
+python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
+python -m training data digits --out data/digits
 """
 
 from __future__ import annotations

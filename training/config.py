@@ -7,6 +7,7 @@ overrides) is written beside the run as `config.yaml`, so a run can be reproduce
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,29 @@ DEFAULTS: dict[str, Any] = {
         "amp": "none",  # none | bf16 | fp16 (fp16 needs CUDA)
         "channels_last": False,
         "compile": False,
+        "sync_bn": False,  # DDP on CUDA: BatchNorm statistics over the global batch, not each GPU's share
         "ema_decay": 0.0,  # 0 = no EMA; e.g. 0.999 keeps an exponential moving average of weights
         "log_every": 10,
     },
 }
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `4e-4` as a string (it wants `4.0e-4`); recipes are full of such learning rates."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
@@ -158,7 +178,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects key=value, got '{pair}'")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        parsed[key.strip()] = _yaml(raw) if raw.strip() else None
     return parsed
 
 
@@ -170,7 +190,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not path.is_file():
             raise UserError(f"recipe file not found: {path}")
         try:
-            recipe = yaml.safe_load(path.read_text()) or {}
+            recipe = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"recipe {path} is not valid YAML: {e}") from None
         if not isinstance(recipe, dict):
@@ -184,7 +204,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     return config
 
 
+def _check_types(config: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> None:
+    """A value must have its default's type (ints may stand for floats); None defaults take anything."""
+    for key, default in defaults.items():
+        value, name = config[key], f"{prefix}{key}"
+        if isinstance(default, dict):
+            _check_types(value, default, f"{name}.")
+        elif default is None or value is None and name.startswith("preprocess."):
+            continue
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{name} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{name} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        elif not isinstance(value, type(default)):
+            raise UserError(f"{name} must be a {type(default).__name__}, got {value!r}")
+
+
 def validate(config: dict[str, Any]) -> None:
+    _check_types(config, DEFAULTS)
     for key, allowed in CHOICES.items():
         value = get_key(config, key)
         if value is None and key.startswith("preprocess."):

@@ -101,6 +101,10 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
     linear_probe = config["model"]["transfer"] == "linear_probe"
     if linear_probe:
         freeze_backbone(model, head)
+    if train_cfg["sync_bn"] and info.enabled:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if train_cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)

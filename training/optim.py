@@ -64,6 +64,4 @@ def build_scheduler(
             total_steps=total,
             pct_start=max(schedule["warmup_epochs"] / epochs, 1.0 / total),
         )
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, schedule)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, schedule))

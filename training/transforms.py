@@ -49,9 +49,7 @@ def train_transform(preprocess: dict[str, Any], augment: dict[str, Any]) -> v2.C
     interpolation = INTERPOLATIONS[preprocess["interpolation"]]
     steps: list = []
     if augment["crop"] == "random_resized":
-        steps.append(
-            v2.RandomResizedCrop(size, scale=(augment["min_scale"], 1.0), interpolation=interpolation)
-        )
+        steps.append(v2.RandomResizedCrop(size, scale=(augment["min_scale"], 1.0), interpolation=interpolation))
     else:
         steps += [v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
     if augment["crop_padding"]:

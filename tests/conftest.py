@@ -1,0 +1,50 @@
+"""Shared fixtures: the digits image folder, CLI runners and small run configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.config import load_config
+from training.digits import write_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_RECIPE = ROOT / "configs" / "digits_resnet18.yaml"
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m training ARGS` in a real subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "training", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("data") / "digits")
+
+
+def quick_config(digits_root: Path, **overrides) -> dict:
+    """The digits recipe cut down to seconds: a subset, one epoch, no worker processes."""
+    base = {
+        "data.root": str(digits_root),
+        "data.limit": 128,
+        "data.batch_size": 32,
+        "data.eval_batch_size": 128,
+        "data.workers": 0,
+        "train.epochs": 1,
+    }
+    return load_config(DIGITS_RECIPE, {**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Path:
+    """The embedded default recipe trained end to end through the CLI (about 2-3 minutes on 2 cores)."""
+    out = tmp_path_factory.mktemp("runs") / "digits-resnet18"
+    result = run_cli("fit", "--config", DIGITS_RECIPE, "--out", out, "--set", f"data.root={digits_root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

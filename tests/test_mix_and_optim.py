@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from training.config import DEFAULTS
+from training.mix import BatchMixer, cutmix, mixup
+from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def test_cutmix_and_mixup_targets_sum_to_one_and_match_the_pixels():
+    torch.manual_seed(0)
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous()
+    onehot = torch.nn.functional.one_hot(torch.arange(8), 10).float()
+    for _ in range(20):
+        mixed, targets = cutmix(images, onehot, alpha=1.0)
+        assert torch.allclose(targets.sum(1), torch.ones(8))
+        # the share of pixels from the rolled-in image equals its target weight
+        own = (mixed[:, 0] == images[:, 0]).float().mean((1, 2))
+        assert torch.allclose(targets[torch.arange(8), torch.arange(8)], own, atol=1e-6)
+        mixed, targets = mixup(images, onehot, alpha=0.2)
+        assert torch.allclose(targets.sum(1), torch.ones(8)) and (targets >= 0).all()
+
+
+def test_mixer_probabilities():
+    augment = {**DEFAULTS["augment"], "cutmix_p": 0.5, "mixup_p": 0.5}
+    mixer = BatchMixer(augment, 10)
+    torch.manual_seed(0)
+    labels = torch.arange(8)
+    _, targets = mixer(torch.randn(8, 3, 8, 8), labels)
+    assert torch.allclose(targets.sum(1), torch.ones(8))
+    off = BatchMixer(DEFAULTS["augment"], 10)
+    assert not off.active
+    _, targets = off(torch.randn(8, 3, 8, 8), labels)
+    assert torch.equal(targets.argmax(1), labels)
+    with pytest.raises(Exception, match="must not exceed 1"):
+        BatchMixer({**augment, "mixup_p": 0.7}, 10)
+
+
+def test_no_weight_decay_on_norms_and_biases_and_a_slower_body():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    optim = {**DEFAULTS["optim"], "lr": 1e-2, "weight_decay": 0.1}
+    groups = param_groups(model, "3", optim, backbone_lr_mult=0.1)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert by_id[id(model[0].weight)]["weight_decay"] == 0.1 and by_id[id(model[0].weight)]["lr"] == 1e-3
+    assert by_id[id(model[0].bias)]["weight_decay"] == 0.0
+    assert by_id[id(model[1].weight)]["weight_decay"] == 0.0
+    assert by_id[id(model[3].weight)]["lr"] == 1e-2 and by_id[id(model[3].bias)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert isinstance(build_optimizer(groups, {**optim, "name": "sgd"}), torch.optim.SGD)
+
+
+def test_schedules():
+    step = {**DEFAULTS["schedule"], "name": "step", "step_size": 10, "gamma": 0.9}
+    assert lr_factor(0, 100, 25, step) == 1.0
+    assert lr_factor(999, 100, 25, step) == 1.0 and lr_factor(1000, 100, 25, step) == pytest.approx(0.9)
+    assert lr_factor(2000, 100, 25, step) == pytest.approx(0.81)
+    cosine = {**DEFAULTS["schedule"], "name": "cosine", "warmup_epochs": 1, "warmup_start_factor": 0.1}
+    assert lr_factor(0, 100, 10, cosine) == pytest.approx(0.1)
+    assert lr_factor(50, 100, 10, cosine) == pytest.approx(0.55)
+    assert lr_factor(100, 100, 10, cosine) == pytest.approx(1.0)
+    assert lr_factor(550, 100, 10, cosine) == pytest.approx(0.5)
+    assert lr_factor(1000, 100, 10, cosine) == pytest.approx(0.0, abs=1e-12)
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_scheduler(opt, 10, 3, {**DEFAULTS["schedule"], "name": "onecycle", "warmup_epochs": 1})
+    lrs = []
+    for _ in range(30):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert (
+        max(lrs) == pytest.approx(1.0, rel=0.05) and lrs[-1] < 0.01 and math.isclose(lrs.index(max(lrs)), 9, abs_tol=1)
+    )
