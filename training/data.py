@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -223,8 +222,3 @@ def eval_loader(dataset: Dataset, data: dict[str, Any], pin: bool) -> DataLoader
     return DataLoader(
         dataset, batch_size=data["eval_batch_size"], shuffle=False, num_workers=data["workers"], pin_memory=pin
     )
-
-
-def collate_labels(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*batch)
-    return torch.stack(images), torch.tensor(labels)

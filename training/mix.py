@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from training.errors import UserError
+
 
 def _beta(alpha: float) -> float:
     return float(torch.distributions.Beta(alpha, alpha).sample())
@@ -45,8 +47,6 @@ class BatchMixer:
         self.mixup_p, self.mixup_alpha = augment["mixup_p"], augment["mixup_alpha"]
         self.num_classes = num_classes
         if self.cutmix_p + self.mixup_p > 1:
-            from training.errors import UserError
-
             raise UserError("augment.cutmix_p + augment.mixup_p must not exceed 1")
 
     @property
