@@ -23,7 +23,9 @@ lint: install
 demo: install
 	$(PY) -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18
 	$(PY) -m training evaluate runs/digits-resnet18/best.pt --split test
+	$(PY) -m export runs/digits-resnet18/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
 	@echo "checkpoint: runs/digits-resnet18/best.pt  curves: runs/digits-resnet18/curves.png"
+	@echo "ONNX: models/digits-resnet18.onnx  model store: bentoml models get digits-resnet18:latest"
 
 bench: install
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from export.images import open_rgb
 from training.config import DEFAULTS
-from training.images import open_rgb
 from training.transforms import eval_transform, train_transform
 
 PREPROCESS = {"resize_size": 40, "crop_size": 32, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from export.images import open_rgb
 from training.digits import stratified_split, write_digits
 from training.errors import UserError
-from training.images import open_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
