@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 FORMAT_VERSION = "1"
+MODEL_FILE = "model.onnx"  # the graph's file name inside a BentoML model-store entry
 # keys whose values are JSON documents; the rest are plain strings or integers
 JSON_KEYS = ("labels", "mean", "std", "metrics", "members", "weights")
 INT_KEYS = ("resize_size", "crop_size", "num_classes")

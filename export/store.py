@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from export.metadata import MODEL_FILE
 from training.errors import UserError
-
-MODEL_FILE = "model.onnx"
 
 
 def check_name(name: str) -> None:

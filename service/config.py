@@ -1,0 +1,116 @@
+"""serving.yaml (or $SERVING_CONFIG): which models and ensembles to serve, on what device, with which limits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.voting import VOTINGS
+
+DEFAULT_PATH = "serving.yaml"
+
+
+class ConfigError(Exception):
+    """A serving.yaml that cannot be served; raised at start-up."""
+
+
+@dataclass
+class Ensemble:
+    members: list[str]
+    voting: str = "soft"
+    weights: list[float] | None = None
+
+
+@dataclass
+class Limits:
+    max_images_per_request: int = 64
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass
+class ServingConfig:
+    models: list[str]
+    default_model: str
+    device: str = "auto"
+    ensembles: dict[str, Ensemble] = field(default_factory=dict)
+    max_batch_size: int = 64
+    max_latency_ms: int = 50
+    limits: Limits = field(default_factory=Limits)
+
+
+def model_name(tag: str) -> str:
+    """'digits-resnet18:abc123' -> 'digits-resnet18': the name clients use."""
+    return tag.split(":", 1)[0]
+
+
+def _expect(value: Any, kind: type | tuple, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{what} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def parse(raw: dict[str, Any]) -> ServingConfig:
+    known = {"device", "default_model", "models", "ensembles", "batching", "limits"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown serving.yaml keys {sorted(unknown)}; valid: {sorted(known)}")
+    models = [str(m) for m in _expect(raw.get("models"), list, "models")]
+    if not models:
+        raise ConfigError("models must name at least one model-store tag")
+    names = [model_name(m) for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models names a model twice: {models}")
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    default = str(raw.get("default_model", names[0]))
+    if default not in names:
+        raise ConfigError(f"default_model '{default}' is not one of models {names}")
+    ensembles = {}
+    for name, spec in (raw.get("ensembles") or {}).items():
+        spec = _expect(spec, dict, f"ensembles.{name}")
+        members = [model_name(str(m)) for m in _expect(spec.get("members"), list, f"ensembles.{name}.members")]
+        missing = [m for m in members if m not in names]
+        if missing or not members:
+            raise ConfigError(f"ensembles.{name} members {missing or members} must be served models {names}")
+        voting = spec.get("voting", "soft")
+        if voting not in VOTINGS:
+            raise ConfigError(f"ensembles.{name}.voting must be one of {VOTINGS}, got {voting!r}")
+        weights = spec.get("weights")
+        if weights is not None and (len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0):
+            raise ConfigError(
+                f"ensembles.{name}.weights must be {len(members)} non-negative numbers with a positive sum"
+            )
+        if voting == "weighted" and weights is None:
+            raise ConfigError(f"ensembles.{name} uses weighted voting but has no weights")
+        ensembles[str(name)] = Ensemble(members, voting, [float(w) for w in weights] if weights else None)
+    batching = raw.get("batching") or {}
+    limits = raw.get("limits") or {}
+    unknown_limits = set(limits) - set(Limits.__dataclass_fields__)
+    if unknown_limits:
+        raise ConfigError(f"unknown limits {sorted(unknown_limits)}")
+    return ServingConfig(
+        models=models,
+        default_model=default,
+        device=device,
+        ensembles=ensembles,
+        max_batch_size=int(batching.get("max_batch_size", 64)),
+        max_latency_ms=int(batching.get("max_latency_ms", 50)),
+        limits=Limits(**{k: int(v) for k, v in limits.items()}),
+    )
+
+
+def load(path: str | Path | None = None) -> ServingConfig:
+    path = Path(path or os.environ.get("SERVING_CONFIG", DEFAULT_PATH))
+    if not path.is_file():
+        raise ConfigError(f"serving config not found: {path} (set SERVING_CONFIG to another file)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse(_expect(raw, dict, str(path)))

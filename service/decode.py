@@ -1,0 +1,64 @@
+"""Uploaded bytes -> the uint8 pixels a graph takes, or an InputError that names the image and the problem.
+
+The client's content type is never trusted: the format is sniffed from the bytes. Size and pixel
+limits are checked before decoding, so a decompression bomb is refused from its header alone.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from export.images import to_rgb
+from export.preprocess import prepare
+from service.config import Limits
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
+
+
+class InputError(Exception):
+    """A request the service refuses, with the HTTP status and a message that names the part."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def describe(index: int, filename: str | None) -> str:
+    return f"image {index}" + (f" ('{filename}')" if filename else "")
+
+
+def decode(data: bytes, index: int, filename: str | None, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
+    """One upload -> uint8 [crop, crop, 3] under the model's own eval resize + center crop."""
+    part = describe(index, filename)
+    if not data:
+        raise InputError(400, f"{part} is empty")
+    if len(data) > limits.max_image_bytes:
+        raise InputError(413, f"{part} is {len(data)} bytes; the limit is {limits.max_image_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise InputError(413, f"{part} is too large to decode: {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(
+            415, f"{part} is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
+        ) from None
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise InputError(415, f"{part} is {image.format}, not a supported format ({', '.join(SUPPORTED_FORMATS)})")
+        width, height = image.size
+        if width * height > limits.max_image_pixels:
+            raise InputError(
+                413, f"{part} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}"
+            )
+        try:
+            image.load()
+            rgb = to_rgb(image)
+        except Image.DecompressionBombError as e:
+            raise InputError(413, f"{part} is too large to decode: {e}") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise InputError(400, f"{part} is truncated or corrupt: {e}") from None
+    return prepare(rgb, preprocess)
