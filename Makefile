@@ -26,6 +26,9 @@ demo: install
 	$(PY) -m export runs/digits-resnet18/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
 	@echo "checkpoint: runs/digits-resnet18/best.pt  curves: runs/digits-resnet18/curves.png"
 	@echo "ONNX: models/digits-resnet18.onnx  model store: bentoml models get digits-resnet18:latest"
+	@echo "serving on http://localhost:3000 - try:"
+	@echo "  curl -F images=@data/digits/test/3/$$(ls data/digits/test/3 | head -1) http://localhost:3000/classify"
+	$(VENV)/bin/bentoml serve --port 3000
 
 bench: install
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5

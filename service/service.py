@@ -13,6 +13,7 @@ that service boundary, not when a method calls a batchable method of its own obj
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import typing as t
 from pathlib import Path
@@ -28,7 +29,11 @@ from service.decode import InputError, decode
 from service.runtime import Graph
 from service.voting import vote
 
-CONFIG = serving_config.load()
+try:
+    CONFIG = serving_config.load()
+except serving_config.ConfigError as e:  # one clear line instead of a traceback through bentoml's CLI
+    print(f"error: serving config: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
 
 BATCH_IMAGES = bentoml.metrics.Histogram(

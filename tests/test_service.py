@@ -1,0 +1,321 @@
+"""The service for real: `bentoml serve` subprocesses on free ports, a temporary model store, real
+PNG and JPEG uploads over HTTP, and `bentoml build` of a Bento that then serves."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import skimage
+import torch
+from PIL import Image
+
+from export.images import open_rgb
+from tests.conftest import ROOT, quick_config, run_cli
+from training import checkpoint as ckpt
+from training.fit import fit
+from training.models import model_from_checkpoint
+from training.transforms import eval_transform
+
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+SERVING = """
+device: cpu
+default_model: digits-resnet18
+models: [digits-resnet18, digits-b]
+ensembles:
+  default: {members: [digits-resnet18, digits-b], voting: soft}
+  weighted: {members: [digits-resnet18, digits-b], voting: weighted, weights: [3, 1]}
+  hard: {members: [digits-resnet18, digits-b], voting: hard}
+batching: {max_batch_size: 64, max_latency_ms: 5000}
+limits: {max_images_per_request: 64, max_image_bytes: 2000000, max_image_pixels: 4000000}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(args: list[str], env: dict, cwd: Path = ROOT, wait: float = 150):
+    """`bentoml serve ARGS` until /readyz answers 200; yields (base url, process); stops the whole group."""
+    port = free_port()
+    log = open(env["LOG_PATH"], "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([BENTOML, "serve", *args, "--port", str(port), "--host", "127.0.0.1"], cwd=cwd, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + wait
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def store(trained_digits, digits_root, tmp_path_factory) -> dict:
+    """A temporary BentoML home holding the digits ResNet-18 and a second, weaker digits model."""
+    home = tmp_path_factory.mktemp("bentoml")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    second = home / "second"
+    fit(quick_config(digits_root, **{"seed": 7, "data.limit": 256, "train.epochs": 2}), second, show=False)
+    for checkpoint, name in ((trained_digits / "best.pt", "digits-resnet18"), (second / "best.pt", "digits-b")):
+        result = subprocess.run([sys.executable, "-m", "export", str(checkpoint), "--out", str(home / f"{name}.onnx"),
+                                 "--store", name, "--verify-images", "32"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    (home / "serving.yaml").write_text(SERVING)
+    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    with serving([], store) as (url, proc):
+        assert proc.poll() is None, Path(store["LOG_PATH"]).read_text()[-4000:]
+        yield url
+
+
+def files(paths_or_bytes, content_type: str = "image/png") -> list:
+    out = []
+    for i, item in enumerate(paths_or_bytes):
+        data = item.read_bytes() if isinstance(item, Path) else item
+        out.append(("images", (f"{i}.png", data, content_type)))
+    return out
+
+
+def post(url: str, route: str, images, data: dict | None = None, content_type: str = "image/png") -> httpx.Response:
+    return httpx.post(f"{url}/{route}", files=files(images, content_type), data=data or {}, timeout=120)
+
+
+def test_accuracy_over_http_equals_training_evaluate(server, trained_digits, digits_root):
+    paths = sorted((digits_root / "test").rglob("*.png"))
+    truth = [int(p.parent.name) for p in paths]
+    predicted = []
+    for i in range(0, len(paths), 64):
+        response = post(server, "classify", paths[i : i + 64], {"top_k": "3"})
+        assert response.status_code == 200, response.text
+        answers = response.json()
+        assert len(answers) == len(paths[i : i + 64]) and all(len(a["top_k"]) == 3 for a in answers)
+        predicted += [a["index"] for a in answers]
+    http_acc = float(np.mean(np.array(predicted) == np.array(truth)))
+    evaluated = json.loads(run_cli("evaluate", trained_digits / "best.pt", "--split", "test").stdout)
+    assert http_acc == pytest.approx(evaluated["acc"], abs=1e-9) and evaluated["n"] == len(paths)
+
+
+def test_probabilities_match_pytorch_on_real_photos_in_many_formats(server, trained_digits):
+    """JPEG, RGBA and grayscale PNG, animated GIF, multi-page TIFF, sent with a lying content type."""
+    best = ckpt.load(trained_digits / "best.pt")
+    model, transform = model_from_checkpoint(best), eval_transform(best["preprocess"])
+    photos = ["rocket.jpg", "logo.png", "camera.png", "no_time_for_that_tiny.gif", "multipage.tif", "chelsea.png"]
+    for content_type in ("application/octet-stream", "image/jpg"):
+        response = post(server, "classify", [SKIMAGE_DATA / p for p in photos], {"top_k": "10"}, content_type)
+        assert response.status_code == 200, response.text
+        for photo, answer in zip(photos, response.json()):
+            with torch.no_grad():
+                reference = torch.softmax(model(transform(open_rgb(SKIMAGE_DATA / photo))[None]), 1)[0].numpy()
+            served = np.zeros(10)
+            for entry in answer["top_k"]:
+                served[entry["index"]] = entry["probability"]
+            assert np.abs(served - reference).max() <= 1e-4, photo
+
+
+def _batch_histogram(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    count = sum(
+        float(v) for v in re.findall(r'^inference_batch_images_count\{model="digits-resnet18"\} (\S+)', text, re.M)
+    )
+    total = sum(
+        float(v) for v in re.findall(r'^inference_batch_images_sum\{model="digits-resnet18"\} (\S+)', text, re.M)
+    )
+    return count, total
+
+
+def test_concurrent_requests_are_merged_into_batches(server, digits_root):
+    paths = sorted((digits_root / "test").rglob("*.png"))[:48]
+    before = _batch_histogram(server)
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda p: post(server, "classify", [p]), paths))
+    assert all(r.status_code == 200 for r in responses)
+    # each answer belongs to its own request: the digits model is right on nearly all of them
+    assert np.mean([r.json()[0]["label"] == p.parent.name for r, p in zip(responses, paths)]) >= 0.95
+    after = _batch_histogram(server)
+    calls, images = after[0] - before[0], after[1] - before[1]
+    assert images == 48
+    assert calls < 48, f"48 concurrent one-image requests ran as {calls} ONNX Runtime calls: no batching"
+
+
+def test_ensemble_voting(server, digits_root):
+    paths = [next((digits_root / "test" / str(d)).glob("*.png")) for d in range(10)]
+    members = {}
+    for model in ("digits-resnet18", "digits-b"):
+        answers = post(server, "classify", paths, {"model": model, "top_k": "10"}).json()
+        table = np.zeros((len(paths), 10))
+        for n, answer in enumerate(answers):
+            for entry in answer["top_k"]:
+                table[n, entry["index"]] = entry["probability"]
+        members[model] = table
+    a, b = members["digits-resnet18"], members["digits-b"]
+    for ensemble, expected in (("default", (a + b) / 2), ("weighted", (3 * a + b) / 4)):
+        response = post(server, "ensemble", paths, {"ensemble": ensemble})
+        assert response.status_code == 200, response.text
+        for n, answer in enumerate(response.json()):
+            assert answer["index"] == int(expected[n].argmax()) and answer["voting"] in ("soft", "weighted")
+            assert answer["probability"] == pytest.approx(expected[n].max(), abs=1e-5)
+            assert [m["model"] for m in answer["members"]] == ["digits-resnet18", "digits-b"]
+            tops = [int(a[n].argmax()), int(b[n].argmax())]
+            assert [m["index"] for m in answer["members"]] == tops
+            assert answer["agreement"] == pytest.approx(tops.count(answer["index"]) / 2)
+            assert sum(answer["votes"].values()) == 2
+    hard = post(server, "ensemble", paths, {"ensemble": "hard"}).json()
+    for n, answer in enumerate(hard):
+        tops = [int(a[n].argmax()), int(b[n].argmax())]
+        if tops[0] == tops[1]:
+            assert answer["index"] == tops[0] and answer["agreement"] == 1.0
+        else:  # one vote each: the higher mean probability breaks the tie
+            assert answer["index"] == max(tops, key=lambda j: a[n, j] + b[n, j]) and answer["agreement"] == 0.5
+    # a request may ask for another voting rule than the ensemble's default
+    override = post(server, "ensemble", paths[:2], {"ensemble": "default", "voting": "hard"}).json()
+    assert all(answer["voting"] == "hard" for answer in override)
+
+
+def test_models_endpoint(server):
+    response = httpx.post(f"{server}/models", timeout=30)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["default_model"] == "digits-resnet18" and set(body["models"]) == {"digits-resnet18", "digits-b"}
+    model = body["models"]["digits-resnet18"]
+    assert model["tag"].startswith("digits-resnet18:") and model["arch"] == "resnet18"
+    assert model["labels"] == [str(i) for i in range(10)] and model["input_size"] == [32, 32]
+    assert model["metrics"]["test_acc"] >= 0.98
+    assert body["ensembles"]["weighted"] == {"members": ["digits-resnet18", "digits-b"], "voting": "weighted",
+                                             "weights": [3.0, 1.0]}  # fmt: skip
+    # /docs shows the pydantic response models
+    schema = httpx.get(f"{server}/docs.json", timeout=30).json()
+    assert {"/classify", "/ensemble", "/models"} <= set(schema["paths"])
+    fields = json.dumps(schema["components"]["schemas"])
+    for name in ("Classification", "EnsembleClassification", "agreement", "top_k", "members"):
+        assert name in fields
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, digits_root):
+    good = next((digits_root / "test" / "7").glob("*.png"))
+    png = good.read_bytes()
+    noise = _png(np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8))  # ~3 MB
+    bomb = _png(np.zeros((2500, 2500), dtype=np.uint8))  # a few KB, 6.25 M pixels
+    cases = [
+        ("classify", [b"this is not an image"], {}, 415, "image 0 is not an image in a supported format"),
+        ("classify", [png, png[: len(png) // 2]], {}, 400, "image 1 is truncated or corrupt"),
+        ("classify", [b""], {}, 400, "image 0 is empty"),
+        ("classify", [b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n"], {}, 415, "image 0 is not an image"),
+        ("classify", [png] * 65, {}, 413, "65 images; the limit is 64"),
+        ("classify", [noise], {}, 413, "image 0 is"),
+        ("classify", [png, bomb], {}, 413, "image 1 is 2500x2500 = 6250000 pixels; the limit is 4000000"),
+        ("classify", [png], {"model": "nope"}, 404, "unknown model 'nope'; served models: digits-resnet18, digits-b"),
+        ("ensemble", [png], {"ensemble": "nope"}, 404, "unknown ensemble 'nope'"),
+        ("ensemble", [png], {"voting": "majority"}, 400, "voting must be soft, weighted or hard"),
+        ("classify", [png], {"top_k": "0"}, 400, "top_k must be at least 1"),
+        ("classify", [png], {"top_k": "many"}, 400, "top_k"),
+    ]
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, "ICO")
+    cases.append(("classify", [ico.getvalue()], {}, 415, "image 0 is ICO, not a supported format"))
+    for route, images, data, status, message in cases:
+        response = post(server, route, images, data)
+        assert response.status_code == status, (message, response.status_code, response.text)
+        assert message in json.dumps(response.json()), (message, response.text)
+        ok = post(server, "classify", [good])
+        assert ok.status_code == 200 and ok.json()[0]["label"] == "7"
+    missing = httpx.post(f"{server}/classify", data={"top_k": "3"}, timeout=30)
+    assert missing.status_code == 400 and "images" in missing.text
+
+
+def test_start_up_errors_are_clear(store, tmp_path):
+    """A config naming a model the store lacks, or a bad config: `bentoml serve` exits and says why."""
+    for yaml_text, message in [
+        (
+            SERVING.replace("models: [digits-resnet18, digits-b]", "models: [digits-resnet18, digits-b, not-exported]"),
+            "Model not-exported could not be found locally",
+        ),
+        (SERVING.replace("device: cpu", "device: tpu"), "error: serving config: device must be auto, cpu or cuda"),
+    ]:
+        (tmp_path / "s.yaml").write_text(yaml_text)
+        env = {**store, "SERVING_CONFIG": str(tmp_path / "s.yaml"), "LOG_PATH": str(tmp_path / "log")}
+        with serving([], env, wait=120) as (url, proc):
+            proc.wait(120)
+            assert proc.returncode != 0
+        assert message in (tmp_path / "log").read_text()
+
+
+def test_a_corrupt_model_is_never_ready(store, tmp_path):
+    """The inference worker cannot load the graph: it logs why, and /readyz never reports ready."""
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 definitely not a protobuf graph")
+    meta = {"labels": [str(i) for i in range(10)], "arch": "resnet18", "resize_size": 32, "crop_size": 32,
+            "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "source_sha256": "0" * 64,
+            "metrics": {}, "format_version": "1"}  # fmt: skip
+    code = f"from export.store import store_model; store_model({str(corrupt)!r}, 'broken', {meta!r})"
+    stored = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=store, capture_output=True, text=True)
+    assert stored.returncode == 0, stored.stderr[-2000:]
+    (tmp_path / "s.yaml").write_text(
+        SERVING.replace("models: [digits-resnet18, digits-b]", "models: [digits-resnet18, digits-b, broken]")
+    )
+    env = {**store, "SERVING_CONFIG": str(tmp_path / "s.yaml"), "LOG_PATH": str(tmp_path / "log")}
+    with serving([], env, wait=40) as (url, proc):
+        try:
+            status = httpx.get(f"{url}/readyz", timeout=5).status_code
+        except httpx.HTTPError:
+            status = None  # not even listening
+        assert status != 200
+    assert "cannot load model 'broken:" in (tmp_path / "log").read_text()
+
+
+def test_bentoml_build_makes_a_bento_that_serves(store, digits_root, tmp_path):
+    """The repository's own serving.yaml (digits-resnet18) is packed with its model and served from the Bento."""
+    env = {k: v for k, v in store.items() if k != "SERVING_CONFIG"}
+    build = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento = json.loads(subprocess.run([BENTOML, "get", tag, "-o", "json"], env=env, capture_output=True, text=True,
+                                      timeout=120).stdout)  # fmt: skip
+    packed = [m["tag"] for service in bento["services"] for m in service["models"]]
+    assert len(packed) == 1 and packed[0].startswith("digits-resnet18:")
+    env["LOG_PATH"] = str(tmp_path / "bento.log")
+    with serving([tag], env, cwd=tmp_path) as (url, proc):
+        assert proc.poll() is None, (tmp_path / "bento.log").read_text()[-3000:]
+        good = next((digits_root / "test" / "4").glob("*.png"))
+        response = post(url, "classify", [good])
+        assert response.status_code == 200 and response.json()[0]["label"] == "4"
