@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +46,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.common import cli, device_name, sync, write_report
 from export import metadata
 from export.graph import PixelClassifier, sha256_of
 from training import checkpoint as ckpt
@@ -59,28 +58,16 @@ DEFAULT_BATCHES = [1, 8, 32]
 SEED = 0
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the machine the benchmark runs on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_calls(call: Callable[[], Any], iters: int, warmup: int, device: torch.device) -> list[float]:
     """Seconds of each of `iters` calls after `warmup` untimed ones (CUDA synchronized around each)."""
     for _ in range(warmup):
         call()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         call()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -358,27 +345,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"- {line}")
 
     report = {"settings": settings, "models": models, "results": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
     session_lines = [f"- {m['model']}: ONNX Runtime session created in {m['ort_session_s']:.2f}s" for m in models]
-    md_path.write_text(
+    write_report(
+        args.out,
+        report,
         f"# ONNX Runtime vs PyTorch inference on {header}\n\n"
         f"{settings_line(settings)}; {settings['time']}\n\n"
-        f"{table}\n\n" + "\n".join(session_lines + [f"- {line}" for line in notes]) + "\n"
+        f"{table}\n\n" + "\n".join(session_lines + [f"- {line}" for line in notes]) + "\n",
     )
-    print(f"\nwrote {json_path} and {md_path}")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(run, parse_args, argv)
 
 
 if __name__ == "__main__":

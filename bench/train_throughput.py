@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
-import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.common import cli, device_name, sync, write_report
 from training.config import DEFAULTS
 from training.distributed import resolve_device
 from training.engine import autocast
@@ -42,18 +40,6 @@ from training.errors import UserError
 from training.models import build_model, supported_archs
 
 DEFAULT_ARCHS = ["resnet18", "resnet34", "resnet50", "efficientnet_v2_s"]
-
-
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the machine the benchmark runs on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_arch(
@@ -93,11 +79,11 @@ def bench_arch(
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - start
 
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -198,26 +184,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(table)
 
     report = {"settings": settings, "results": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(
+    write_report(
+        args.out,
+        report,
         f"# Training throughput on {header}\n\n"
         f"{settings_line(settings)}; synthetic data (model compute only, no data loading); {settings['time']}\n\n"
-        f"{table}\n"
+        f"{table}\n",
     )
-    print(f"\nwrote {json_path} and {md_path}")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(run, parse_args, argv)
 
 
 if __name__ == "__main__":
