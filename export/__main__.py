@@ -56,11 +56,11 @@ def _providers() -> list[str]:
 
 
 def export_single(args: argparse.Namespace) -> int:
-    from export import metadata
-    from export.graph import export_onnx, resolve_weights
+    from export.graph import export_onnx
     from export.store import check_name
     from export.verify import verification_images, verify_export
     from training import checkpoint as ckpt
+    from training.models import resolve_weights
 
     if args.store:
         check_name(args.store)
@@ -68,7 +68,7 @@ def export_single(args: argparse.Namespace) -> int:
     weights = resolve_weights(checkpoint, args.weights)
     images = verification_images(checkpoint, args.data, args.verify_images)
     start = time.perf_counter()
-    out = export_onnx(checkpoint, args.checkpoint, args.out, fp16=args.fp16, weights=weights, opset=args.opset)
+    out, meta = export_onnx(checkpoint, args.checkpoint, args.out, fp16=args.fp16, weights=weights, opset=args.opset)
     print(f"exported {checkpoint['arch']} ({weights} weights) to {out} in {time.perf_counter() - start:.1f}s")
     figures = verify_export(out, checkpoint, weights, args.fp16, images, _providers())
     print(f"verify: {json.dumps(figures)}")
@@ -79,9 +79,6 @@ def export_single(args: argparse.Namespace) -> int:
               f"removed {out}", file=sys.stderr)  # fmt: skip
         return VERIFY_FAILED
     if args.store:
-        import onnx
-
-        meta = metadata.decode({p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props})
         print(f"stored: {_store(out, args.store, meta)}")
     return 0
 

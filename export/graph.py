@@ -19,7 +19,7 @@ from torch import nn
 
 from export import metadata
 from training.errors import UserError
-from training.models import model_from_checkpoint
+from training.models import model_from_checkpoint, resolve_weights
 
 OPSET = 18
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension declared to the exporter
@@ -74,20 +74,11 @@ def graph_metadata(checkpoint: dict[str, Any], source: str | Path, weights: str,
     }
 
 
-def resolve_weights(checkpoint: dict[str, Any], weights: str) -> str:
-    """`best` -> the weights the run selected (EMA when it kept one); `model` / `ema` as asked."""
-    if weights == "best":
-        return checkpoint.get("selected_weights", "model")
-    if weights == "ema" and checkpoint.get("ema") is None:
-        raise UserError("this checkpoint has no EMA weights; use --weights model")
-    return weights
-
-
 def export_onnx(
     checkpoint: dict[str, Any], source: str | Path, out: str | Path, fp16: bool = False, weights: str = "best",
     opset: int = OPSET,
-) -> Path:  # fmt: skip
-    """Write the pixel-to-probability graph of `checkpoint` to `out` with its metadata."""
+) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Write the pixel-to-probability graph of `checkpoint` to `out`; returns the path and its metadata."""
     newest = onnx.defs.onnx_opset_version()
     if not 7 <= opset <= newest:
         raise UserError(f"the installed exporter cannot produce opset {opset}: onnx {onnx.__version__} has 7..{newest}")
@@ -124,9 +115,9 @@ def export_onnx(
     if produced != opset:  # the exporter falls back to its own opset with only a warning
         raise UserError(f"the installed exporter cannot produce opset {opset} for this model (it produced {produced})")
     model_proto.producer_name = "imgclf-export"
-    graph_meta = metadata.encode(graph_metadata(checkpoint, source, weights, fp16))
+    meta = graph_metadata(checkpoint, source, weights, fp16)
     del model_proto.metadata_props[:]
-    for key, value in graph_meta.items():
+    for key, value in metadata.encode(meta).items():
         model_proto.metadata_props.add(key=key, value=value)
     onnx.save_model(model_proto, str(out))
-    return out
+    return out, meta

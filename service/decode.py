@@ -27,13 +27,10 @@ class InputError(Exception):
         self.status, self.message = status, message
 
 
-def describe(index: int, filename: str | None) -> str:
-    return f"image {index}" + (f" ('{filename}')" if filename else "")
-
-
-def decode(data: bytes, index: int, filename: str | None, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
-    """One upload -> uint8 [crop, crop, 3] under the model's own eval resize + center crop."""
-    part = describe(index, filename)
+def decode(data: bytes, index: int, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
+    """One upload (the `index`-th of its request) -> uint8 [crop, crop, 3] under the model's own eval
+    resize + center crop."""
+    part = f"image {index}"
     if not data:
         raise InputError(400, f"{part} is empty")
     if len(data) > limits.max_image_bytes:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import glob
-import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from export import metadata
-
-logger = logging.getLogger(__name__)
 
 
 class DeviceError(Exception):
@@ -46,7 +43,6 @@ class Graph:
         self.provider = active[0]
         self.meta = metadata.decode(self.session.get_modelmeta().custom_metadata_map)
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.input_shape = tuple(self.session.get_inputs()[0].shape[1:])
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [N, H, W, 3] -> outputs by name. I/O binding copies the batch to the device once and

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from export import metadata
 from export.metadata import MODEL_FILE
 from service import config as serving_config
 from service.decode import InputError, decode
@@ -134,7 +135,7 @@ class Classifier:
     def __init__(self) -> None:
         # the model store entry's metadata (written by `python -m export --store`) says what each model
         # expects; the dependency's endpoints are not callable yet while services start
-        self.models = {}
+        self.models, self.preprocess = {}, {}
         for tag, name in zip(CONFIG.models, NAMES):
             try:
                 stored = bentoml.models.get(tag)
@@ -153,6 +154,7 @@ class Classifier:
                 "precision": meta.get("precision", "fp32"),
                 "metrics": meta.get("metrics", {}),
             }
+            self.preprocess[name] = metadata.preprocess_of(meta)
         self.limits = CONFIG.limits
 
     async def _pixels(self, images: list[Path], model: str) -> list[np.ndarray]:
@@ -160,14 +162,13 @@ class Classifier:
             raise InputError(400, "no images: send one or more files in the multipart field 'images'")
         if len(images) > self.limits.max_images_per_request:
             raise InputError(413, f"{len(images)} images; the limit is {self.limits.max_images_per_request} a request")
-        info = self.models[model]
-        preprocess = {k: info[k] for k in ("resize_size", "interpolation")} | {"crop_size": info["input_size"][0]}
+        preprocess = self.preprocess[model]
 
         def one(i: int, path: Path) -> np.ndarray:
             size = path.stat().st_size
             if size > self.limits.max_image_bytes:  # refuse before reading it into memory
                 raise InputError(413, f"image {i} is {size} bytes; the limit is {self.limits.max_image_bytes}")
-            return decode(path.read_bytes(), i, None, self.limits, preprocess)
+            return decode(path.read_bytes(), i, self.limits, preprocess)
 
         # PIL releases the GIL while decoding and resizing: threads use every core, off the event loop
         return list(await asyncio.gather(*(asyncio.to_thread(one, i, p) for i, p in enumerate(images))))

@@ -169,17 +169,20 @@ def build_model(
     return model, preprocess, head
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], weights: str = "best") -> nn.Module:
-    """Rebuild the network a checkpoint was trained with and load its weights.
+def resolve_weights(checkpoint: dict[str, Any], weights: str) -> str:
+    """`best` -> the weights the run selected (EMA when it kept one); `model` / `ema` as asked."""
+    if weights == "best":
+        return checkpoint.get("selected_weights", "model")
+    if weights == "ema" and checkpoint.get("ema") is None:
+        raise UserError("this checkpoint has no EMA weights; use the plain model weights")
+    return weights
 
-    `weights="best"` takes the EMA weights when the run selected them, `"ema"` / `"model"` force one.
-    """
+
+def model_from_checkpoint(checkpoint: dict[str, Any], weights: str = "best") -> nn.Module:
+    """Rebuild the network a checkpoint was trained with and load its weights (see `resolve_weights`)."""
     model_cfg = dict(checkpoint["config"]["model"], pretrained="none")
     model, _, _ = build_model(model_cfg, checkpoint["num_classes"])
-    if weights == "best":
-        weights = checkpoint.get("selected_weights", "model")
-    if weights == "ema" and checkpoint.get("ema") is None:
-        raise UserError("this checkpoint has no EMA weights")
+    weights = resolve_weights(checkpoint, weights)
     model.load_state_dict(checkpoint["ema"] if weights == "ema" else checkpoint["model"])
     return model.eval()
 
