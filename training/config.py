@@ -90,6 +90,39 @@ DEFAULTS: dict[str, Any] = {
         "ema_decay": 0.0,  # 0 = no EMA; e.g. 0.999 keeps an exponential moving average of weights
         "log_every": 10,
     },
+    # EfficientNetV2's progressive learning: train in stages whose image size and regularization grow
+    # linearly from the start_* values to the recipe's own (final) values; eval stays at the final size.
+    "progressive": {
+        "stages": 0,  # 0 = off; else this many stages of equal length
+        "start_size": 0,  # train crop size of the first stage (the last stage uses preprocess.crop_size)
+        "start_randaugment_magnitude": None,  # None = the recipe's value in every stage
+        "start_mixup_alpha": None,  # a stage whose alpha is 0 does no MixUp
+        "start_cutmix_alpha": None,
+        "start_dropout": None,  # scales every Dropout module of the model from this p to its built p
+        "batch_sizes": [],  # optional global batch size per stage (small images fit larger batches)
+    },
+    # `python -m training distill`: alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+    "distill": {
+        "teachers": [],  # checkpoint paths (the CLI's --teacher); their probabilities are averaged
+        "alpha": 0.5,  # weight of the hard-label loss on labelled images; unlabelled images use 0
+        "temperature": 4.0,
+        "unlabeled": "",  # folder of unlabelled images added as a transfer set (the CLI's --unlabeled)
+    },
+    # `python -m training self-train` (Noisy Student); the recipe's augment/dropout settings are the noise
+    "self_train": {
+        "iterations": 1,
+        "unlabeled": "",  # folder of unlabelled images (the CLI's --unlabeled)
+        "soft": True,  # soft pseudo-labels (teacher probabilities) or hard ones (one-hot argmax)
+        "threshold": 0.0,  # keep images whose top teacher probability is at least this
+        "balance": False,  # same number of pseudo-labelled images per class (top-confidence / repeats)
+        "student_archs": [],  # arch of the student of each iteration; empty = the recipe's arch throughout
+    },
+    # `python -m training bag`: members differ by seed, and optionally by resample and recipe overrides
+    "bag": {
+        "members": 3,
+        "bootstrap": False,  # each member trains on a resample with replacement of the train split
+        "variants": [],  # per-member --set overrides used in turn, e.g. [{model.arch: resnet34}, {}]
+    },
 }
 
 
@@ -236,6 +269,25 @@ def validate(config: dict[str, Any]) -> None:
         raise UserError("train.epochs must be at least 1")
     if config["data"]["batch_size"] < 1:
         raise UserError("data.batch_size must be at least 1")
+    distill = config["distill"]
+    if not 0.0 <= distill["alpha"] <= 1.0:
+        raise UserError(f"distill.alpha must be between 0 and 1, got {distill['alpha']}")
+    if distill["temperature"] <= 0:
+        raise UserError(f"distill.temperature must be positive, got {distill['temperature']}")
+    if not 0.0 <= config["self_train"]["threshold"] < 1.0:
+        raise UserError(f"self_train.threshold must be in [0, 1), got {config['self_train']['threshold']}")
+    if config["self_train"]["iterations"] < 1:
+        raise UserError("self_train.iterations must be at least 1")
+    if config["bag"]["members"] < 2:
+        raise UserError("bag.members must be at least 2 (an ensemble of one is the plain recipe)")
+    for variant in config["bag"]["variants"]:
+        if not isinstance(variant, dict):
+            raise UserError(f"each bag.variants entry is a mapping of recipe keys, got {variant!r}")
+        trial = copy.deepcopy(config)
+        for key, value in variant.items():
+            set_key(trial, key, value)
+        trial["bag"]["variants"] = []
+        validate(trial)
 
 
 def save_config(config: dict[str, Any], path: str | Path) -> None:

@@ -24,6 +24,28 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
+class Supervised:
+    """The ordinary objective: cross-entropy against hard labels [N] or soft targets [N, C], after CutMix/MixUp.
+
+    An objective maps (model, batch) to (loss, logits, hard labels for the accuracy); distillation
+    (`training.kd`) is the other one.
+    """
+
+    def __init__(self, criterion: nn.Module, mixer: BatchMixer):
+        self.criterion, self.mixer = criterion, mixer
+
+    def __call__(self, model: nn.Module, batch, device: torch.device, memory_format) -> tuple:
+        images, targets = batch
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        hard = targets if targets.ndim == 1 else targets.argmax(1)
+        if self.mixer.active:
+            images, targets = self.mixer(images, targets)
+            hard = targets.argmax(1)
+        logits = model(images)
+        return self.criterion(logits, targets), logits, hard
+
+
 @dataclass
 class TrainState:
     """What one epoch needs besides the model and data; owned by `fit`."""
@@ -31,8 +53,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    criterion: nn.Module
-    mixer: BatchMixer
+    objective: Any  # Supervised or training.kd.Distillation
     ema: EMA | None
     device: torch.device
     train_cfg: dict[str, Any]
@@ -48,17 +69,9 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, epoch: int, sho
     total_loss = correct = seen = 0.0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
-        if state.mixer.active:
-            images, targets = state.mixer(images, labels)
-            hard = targets.argmax(1)
-        else:
-            targets, hard = labels, labels
+    for step, batch in enumerate(bar):
         with autocast(device, cfg["amp"]):
-            logits = model(images)
-            loss = state.criterion(logits, targets)
+            loss, logits, hard = state.objective(model, batch, device, memory_format)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if state.clip_grad_norm:
@@ -69,7 +82,7 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, epoch: int, sho
         state.scheduler.step()
         if state.ema is not None:
             state.ema.update(model)
-        n = labels.shape[0]
+        n = hard.shape[0]
         total_loss += float(loss.detach()) * n
         correct += float((logits.detach().argmax(1) == hard).sum())
         seen += n

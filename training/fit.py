@@ -32,15 +32,16 @@ from training.distributed import all_mean, barrier, cleanup, init_distributed
 from training.ema import EMA
 from training.engine import TrainState, evaluate, train_one_epoch
 from training.errors import UserError
-from training.mix import BatchMixer
 from training.models import build_model, freeze_backbone, model_from_checkpoint, set_train_mode
 from training.optim import build_optimizer, build_scheduler, param_groups
 from training.plots import plot_curves
+from training.progressive import DropoutSchedule, plan_stages, stage_of
+from training.tasks import Task
 from training.transforms import eval_transform, train_transform
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "ema_val_acc",
-    "lr", "images_per_s", "seconds",
+    "lr", "images_per_s", "seconds", "stage", "train_size",
 ]  # fmt: skip
 
 
@@ -82,8 +83,14 @@ def _write_metrics(rows: list[dict], path: Path) -> None:
             writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
 
 
-def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show: bool = True) -> dict[str, Any]:
-    """Train one model from a resolved config; returns the summary written to summary.json."""
+def fit(
+    config: dict[str, Any], out_dir: str | Path, resume: bool = False, show: bool = True, task: Task | None = None
+) -> dict[str, Any]:
+    """Train one model from a resolved config; returns the summary written to summary.json.
+
+    `task` changes what is trained on and how a batch is scored (distillation, pseudo-labels, bootstrap).
+    """
+    task = task or Task()
     info, device = init_distributed(config["device"])
     show = show and info.main
     out = Path(out_dir)
@@ -97,6 +104,7 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
 
     splits = build_splits(data_cfg)
     labels = splits.labels
+    task.prepare(splits, device)
     model, preprocess, head = build_model(config["model"], len(labels), config["preprocess"])
     linear_probe = config["model"]["transfer"] == "linear_probe"
     if linear_probe:
@@ -110,14 +118,21 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
         model.to(memory_format=torch.channels_last)
 
     pin = device.type == "cuda"
-    train_set = splits.dataset("train", train_transform(preprocess, config["augment"]))
-    loader, sampler = train_loader(train_set, data_cfg, config["seed"], info.rank, info.world, pin)
+    stages = plan_stages(config, preprocess["crop_size"])
+    dropout = DropoutSchedule(model, config["progressive"]["start_dropout"])
+    stage_loaders = []  # one (loader, sampler) per stage: sizes and batch sizes differ
+    for stage in stages:
+        transform = train_transform(preprocess, stage.augment, stage.size)
+        train_set = task.train_set(splits, preprocess, transform, stage.augment)
+        stage_cfg = dict(data_cfg, batch_size=stage.batch_size)
+        stage_loaders.append(train_loader(train_set, stage_cfg, config["seed"], info.rank, info.world, pin))
+    steps = [len(stage_loaders[stage_of(stages, e).index][0]) for e in range(1, train_cfg["epochs"] + 1)]
     val_loader = eval_loader(splits.dataset("val", eval_transform(preprocess)), data_cfg, pin)
 
     optimizer = build_optimizer(
         param_groups(model, head, config["optim"], config["model"]["backbone_lr_mult"]), config["optim"]
     )
-    scheduler = build_scheduler(optimizer, len(loader), train_cfg["epochs"], config["schedule"])
+    scheduler = build_scheduler(optimizer, steps, train_cfg["epochs"], config["schedule"])
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg["amp"] == "fp16")
     ema = EMA(model, train_cfg["ema_decay"]) if train_cfg["ema_decay"] else None
 
@@ -144,14 +159,20 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
         if show:
             tqdm.write(f"resumed {out / 'last.pt'} at epoch {state['epoch']}")
 
+    criterion = nn.CrossEntropyLoss(label_smoothing=config["optim"]["label_smoothing"])
     train_state = TrainState(
-        optimizer, scheduler, scaler,
-        nn.CrossEntropyLoss(label_smoothing=config["optim"]["label_smoothing"]),
-        BatchMixer(config["augment"], len(labels)), ema, device, train_cfg,
+        optimizer, scheduler, scaler, None, ema, device, train_cfg,
         config["optim"]["clip_grad_norm"], lambda: set_train_mode(model, _head_name(model, head), linear_probe),
     )  # fmt: skip
     num_classes = len(labels)
     for epoch in range(start_epoch, train_cfg["epochs"] + 1):
+        stage = stage_of(stages, epoch)
+        loader, sampler = stage_loaders[stage.index]
+        if epoch == start_epoch or epoch == stage.first_epoch:
+            train_state.objective = task.objective(criterion, stage.augment, num_classes)
+            dropout.apply(stage)
+            if show and len(stages) > 1:
+                tqdm.write(f"stage {stage.index + 1}/{len(stages)}: size {stage.size}, batch {stage.batch_size}")
         sampler.set_epoch(epoch)
         train = train_one_epoch(model, loader, train_state, epoch, show)
         train_loss = all_mean(train["loss"], info, device)
@@ -163,6 +184,7 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
                 "val_loss": round(val["loss"], 6), "val_acc": round(val["acc"], 6),
                 "val_top5": round(val["top5"], 6), "lr": optimizer.param_groups[-1]["lr"],
                 "images_per_s": round(train["images_per_s"] * info.world, 1), "seconds": round(train["seconds"], 2),
+                "stage": stage.index + 1, "train_size": stage.size,
             }  # fmt: skip
             selected = val
             if ema is not None:
@@ -191,7 +213,7 @@ def fit(config: dict[str, Any], out_dir: str | Path, resume: bool = False, show:
                 )
         barrier(info)
 
-    summary = _finish(out, splits, data_cfg, device, config, history) if info.main else {}
+    summary = _finish(out, splits, data_cfg, device, config, history, task.record()) if info.main else {}
     barrier(info)
     cleanup(info)
     return summary
@@ -208,7 +230,9 @@ def _head_name(model: nn.Module, head: str) -> str:
     return head
 
 
-def _finish(out: Path, splits, data_cfg: dict, device: torch.device, config: dict, history: list) -> dict:
+def _finish(
+    out: Path, splits, data_cfg: dict, device: torch.device, config: dict, history: list, extra: dict
+) -> dict:
     """Evaluate best.pt on the test split, record it in the checkpoint and write summary.json."""
     best = ckpt.load(out / "best.pt")
     summary: dict[str, Any] = {
@@ -222,6 +246,7 @@ def _finish(out: Path, splits, data_cfg: dict, device: torch.device, config: dic
         "seed": config["seed"],
         "train_images_per_s": round(statistics.mean(r["images_per_s"] for r in history), 1),
         "train_seconds": round(sum(r["seconds"] for r in history), 1),
+        **extra,
     }
     if "test" in splits.parts:
         model = model_from_checkpoint(best).to(device)

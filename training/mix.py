@@ -40,7 +40,7 @@ def mixup(images: torch.Tensor, onehot: torch.Tensor, alpha: float) -> tuple[tor
 
 
 class BatchMixer:
-    """Callable on (images, labels) -> (images, soft targets [N, C] summing to one)."""
+    """Callable on (images, labels or soft targets) -> (images, soft targets [N, C] summing to one)."""
 
     def __init__(self, augment: dict[str, Any], num_classes: int):
         self.cutmix_p, self.cutmix_alpha = augment["cutmix_p"], augment["cutmix_alpha"]
@@ -54,7 +54,10 @@ class BatchMixer:
         return self.cutmix_p > 0 or self.mixup_p > 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        onehot = F.one_hot(labels, self.num_classes).to(images.dtype)
+        if labels.ndim == 2:  # already soft (pseudo-labels): mix them as they are
+            onehot = labels.to(images.dtype)
+        else:
+            onehot = F.one_hot(labels, self.num_classes).to(images.dtype)
         u = float(torch.rand(()))
         if u < self.cutmix_p:
             return cutmix(images, onehot, self.cutmix_alpha)

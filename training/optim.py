@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,29 +36,43 @@ def build_optimizer(groups: list[dict], optim: dict[str, Any]) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
 
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]) -> float:
-    """Multiplier of the base learning rate at iteration `step` (linear warmup, then the schedule)."""
-    warmup = int(schedule["warmup_epochs"] * steps_per_epoch)
-    if step < warmup:
+def _epoch_position(step: int, steps_per_epoch: Sequence[int]) -> float:
+    """Epochs elapsed at iteration `step`, fractional; epochs may have different lengths (progressive stages)."""
+    for epoch, steps in enumerate(steps_per_epoch):
+        if step < steps:
+            return epoch + step / steps
+        step -= steps
+    return float(len(steps_per_epoch))
+
+
+def lr_factor(step: int, steps_per_epoch: int | Sequence[int], epochs: int, schedule: dict[str, Any]) -> float:
+    """Multiplier of the base learning rate at iteration `step` (linear warmup, then the schedule).
+
+    `steps_per_epoch` is one number, or one per epoch when batch sizes change between stages.
+    """
+    if isinstance(steps_per_epoch, int):
+        steps_per_epoch = [steps_per_epoch] * epochs
+    position = _epoch_position(step, steps_per_epoch)
+    warmup = schedule["warmup_epochs"]
+    if position < warmup:
         start = schedule["warmup_start_factor"]
-        return start + (1.0 - start) * step / warmup
+        return start + (1.0 - start) * position / warmup
     name = schedule["name"]
     if name == "step":
         # decays at epoch boundaries, counted from the start of training as torch's StepLR does
-        return schedule["gamma"] ** ((step // steps_per_epoch) // schedule["step_size"])
+        return schedule["gamma"] ** (int(position) // schedule["step_size"])
     if name == "cosine":
-        total = max(epochs * steps_per_epoch - warmup, 1)
-        progress = min((step - warmup) / total, 1.0)
+        progress = min((position - warmup) / max(epochs - warmup, 1e-9), 1.0)
         floor = schedule["min_lr_factor"]
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int | Sequence[int], epochs: int, schedule: dict[str, Any]
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if schedule["name"] == "onecycle":
-        total = epochs * steps_per_epoch
+        total = sum(steps_per_epoch) if not isinstance(steps_per_epoch, int) else epochs * steps_per_epoch
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],

@@ -29,10 +29,25 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
+    _mark_stages(rows, (ax_loss, ax_acc, ax_lr))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _mark_stages(rows: list[dict[str, Any]], axes) -> None:
+    """Dotted lines where a progressive-learning stage begins, labelled with its train size."""
+    previous = rows[0].get("stage") if rows else None
+    for row in rows[1:]:
+        if row.get("stage") not in (None, "", previous):
+            for ax in axes:
+                ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":", linewidth=1)
+            axes[0].annotate(
+                f"{row['train_size']}px", (row["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
+                fontsize=8, color="grey", ha="left", va="top",
+            )  # fmt: skip
+        previous = row.get("stage")
 
 
 def plot_confusion(confusion: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> None:

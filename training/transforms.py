@@ -43,9 +43,8 @@ def eval_transform(preprocess: dict[str, Any]) -> v2.Compose:
     return v2.Compose([eval_geometry(preprocess), *_to_tensor(preprocess)])
 
 
-def train_transform(preprocess: dict[str, Any], augment: dict[str, Any]) -> v2.Compose:
-    """PIL RGB -> augmented, normalized float tensor [3, crop, crop]; each step switchable."""
-    size = preprocess["crop_size"]
+def _augment_steps(preprocess: dict[str, Any], augment: dict[str, Any], size: int) -> list:
+    """The random geometry and colour steps of training, producing an image of `size` x `size`."""
     interpolation = INTERPOLATIONS[preprocess["interpolation"]]
     steps: list = []
     if augment["crop"] == "random_resized":
@@ -66,13 +65,59 @@ def train_transform(preprocess: dict[str, Any], augment: dict[str, Any]) -> v2.C
         steps.append(
             v2.RandAugment(
                 num_ops=augment["randaugment_num_ops"],
-                magnitude=augment["randaugment_magnitude"],
+                magnitude=round(augment["randaugment_magnitude"]),
                 interpolation=interpolation,
             )
         )
     elif augment["auto_augment"] == "trivialaugment":
         steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
-    steps += _to_tensor(preprocess)
+    return steps
+
+
+def is_random(augment: dict[str, Any]) -> bool:
+    """Whether the train pipeline differs from the eval one from one epoch to the next."""
+    return bool(
+        augment["crop"] == "random_resized" or augment["crop_padding"] or augment["hflip"] or augment["rotation"]
+        or augment["color_jitter"] or augment["auto_augment"] != "none" or augment["random_erasing"]
+        or augment["cutmix_p"] or augment["mixup_p"]
+    )  # fmt: skip
+
+
+def train_transform(preprocess: dict[str, Any], augment: dict[str, Any], size: int | None = None) -> v2.Compose:
+    """PIL RGB -> augmented, normalized float tensor [3, size, size] (default: the crop size)."""
+    steps = _augment_steps(preprocess, augment, size or preprocess["crop_size"]) + _to_tensor(preprocess)
     if augment["random_erasing"]:
         steps.append(v2.RandomErasing(augment["random_erasing"]))
     return v2.Compose(steps)
+
+
+class SharedViews:
+    """One augmented image seen by several models, each at its own size and normalization.
+
+    Distillation needs the teacher to judge the very image the student sees. The random steps run
+    once at the largest crop size; each model's view is then resized to its crop size and
+    normalized with its own mean/std. Without random steps each view is that model's eval transform.
+    """
+
+    def __init__(self, preprocesses: list[dict[str, Any]], augment: dict[str, Any]):
+        if not is_random(augment):
+            self.shared, self.views = None, [eval_transform(p) for p in preprocesses]
+            return
+        size = max(p["crop_size"] for p in preprocesses)
+        steps = [*_augment_steps(preprocesses[0], augment, size), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        if augment["random_erasing"]:
+            steps.append(v2.RandomErasing(augment["random_erasing"]))
+        self.shared = v2.Compose(steps)
+        self.views = [
+            v2.Compose(
+                ([v2.Resize(p["crop_size"], interpolation=INTERPOLATIONS[p["interpolation"]], antialias=True)]
+                 if p["crop_size"] != size else [])
+                + [v2.Normalize(mean=p["mean"], std=p["std"])]
+            )
+            for p in preprocesses
+        ]  # fmt: skip
+
+    def __call__(self, image) -> tuple[torch.Tensor, ...]:
+        if self.shared is not None:
+            image = self.shared(image)
+        return tuple(view(image) for view in self.views)

@@ -1,0 +1,102 @@
+"""What `fit` trains on and how it scores a batch.
+
+`Supervised` is plain fine-tuning on the train split, optionally on a bootstrap resample (bagging)
+and with extra soft-labelled images (self-training's pseudo-labels). `training.kd.Distill` is the other task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from export.images import open_rgb
+from training.data import Splits, Transformed
+from training.engine import Supervised as SupervisedObjective
+from training.errors import UserError
+from training.mix import BatchMixer
+
+
+class OneHot(Dataset):
+    """(image, int label) -> (image, one-hot float vector), to sit beside soft-labelled data in one batch."""
+
+    def __init__(self, dataset: Dataset, num_classes: int):
+        self.dataset, self.num_classes = dataset, num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        image, label = self.dataset[i]
+        target = torch.zeros(self.num_classes)
+        target[label] = 1.0
+        return image, target
+
+
+class SoftLabelled(Dataset):
+    """Image files with a target distribution each (pseudo-labels), decoded like every other image."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, transform: Callable):
+        self.paths, self.targets, self.transform = paths, torch.as_tensor(targets, dtype=torch.float32), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            image = open_rgb(self.paths[i])
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot decode image {self.paths[i]}: {e}") from None
+        return self.transform(image), self.targets[i]
+
+
+class Task:
+    """The supervised default; subclasses change the data, the objective, or both."""
+
+    name = "fit"
+
+    def prepare(self, splits: Splits, device: torch.device) -> None:
+        """Checks against the data and loading of anything else the task needs (teachers)."""
+
+    def train_set(self, splits: Splits, preprocess: dict[str, Any], transform: Callable, augment: dict) -> Dataset:
+        return splits.dataset("train", transform)
+
+    def objective(self, criterion: nn.Module, augment: dict[str, Any], num_classes: int) -> Callable:
+        return SupervisedObjective(criterion, BatchMixer(augment, num_classes))
+
+    def record(self) -> dict[str, Any]:
+        """Facts about the task for summary.json."""
+        return {}
+
+
+class Supervised(Task):
+    """Train split (or a bootstrap resample of it), plus optional soft-labelled extra images."""
+
+    def __init__(self, bootstrap_seed: int | None = None, extra: tuple[list[Path], np.ndarray] | None = None):
+        self.bootstrap_seed, self.extra = bootstrap_seed, extra
+
+    def train_set(self, splits: Splits, preprocess: dict[str, Any], transform: Callable, augment: dict) -> Dataset:
+        base, indices, _ = splits.parts["train"]
+        if self.bootstrap_seed is not None:
+            rng = np.random.default_rng(self.bootstrap_seed)
+            indices = np.sort(rng.choice(indices, size=len(indices), replace=True))
+        labelled = Transformed(base, indices, transform)
+        if self.extra is None:
+            return labelled
+        paths, targets = self.extra
+        if targets.shape[1] != len(splits.labels):
+            raise UserError(f"the soft labels have {targets.shape[1]} classes, the data has {len(splits.labels)}")
+        return ConcatDataset([OneHot(labelled, len(splits.labels)), SoftLabelled(paths, targets, transform)])
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.bootstrap_seed is not None:
+            out["bootstrap_seed"] = self.bootstrap_seed
+        if self.extra is not None:
+            out["pseudo_labelled_images"] = len(self.extra[0])
+        return out
