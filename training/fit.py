@@ -230,9 +230,7 @@ def _head_name(model: nn.Module, head: str) -> str:
     return head
 
 
-def _finish(
-    out: Path, splits, data_cfg: dict, device: torch.device, config: dict, history: list, extra: dict
-) -> dict:
+def _finish(out: Path, splits, data_cfg: dict, device: torch.device, config: dict, history: list, extra: dict) -> dict:
     """Evaluate best.pt on the test split, record it in the checkpoint and write summary.json."""
     best = ckpt.load(out / "best.pt")
     summary: dict[str, Any] = {

@@ -54,10 +54,9 @@ class BatchMixer:
         return self.cutmix_p > 0 or self.mixup_p > 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if labels.ndim == 2:  # already soft (pseudo-labels): mix them as they are
-            onehot = labels.to(images.dtype)
-        else:
-            onehot = F.one_hot(labels, self.num_classes).to(images.dtype)
+        # soft targets (pseudo-labels) are mixed as they are
+        soft = labels if labels.ndim == 2 else F.one_hot(labels, self.num_classes)
+        onehot = soft.to(images.dtype)
         u = float(torch.rand(()))
         if u < self.cutmix_p:
             return cutmix(images, onehot, self.cutmix_alpha)
