@@ -3,7 +3,11 @@
 python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 [--set k=v ...]
 python -m training fit --out runs/digits-resnet18 --resume
 python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
-python -m training data digits --out data/digits
+python -m training data digits --out data/digits [--label-fraction 0.1]
+python -m training distill --teacher T.pt [--teacher ...] --config STUDENT.yaml --out runs/NAME [--unlabeled DIR]
+python -m training self-train --config RECIPE.yaml --unlabeled DIR --iterations K --out runs/NAME
+python -m training pseudo-label CKPT --images DIR --out labels.csv [--threshold P] [--balance]
+python -m training bag --config RECIPE.yaml --members M --out runs/NAME [--bootstrap]
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from training.config import parse_overrides
 from training.errors import UserError
 
 
@@ -41,22 +46,90 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="materialize a bundled dataset")
     data.add_argument("name", choices=["digits"])
     data.add_argument("--out", default="data/digits")
+    data.add_argument(
+        "--label-fraction", type=float, default=1.0, help="keep this share of train labels; the rest go to unlabeled/"
+    )
+
+    distill = _recipe_command(sub, "distill", "train a student from teacher checkpoints (knowledge distillation)")
+    distill.add_argument("--teacher", action="append", default=[], help="teacher checkpoint; repeat for an ensemble")
+    distill.add_argument("--unlabeled", help="folder of unlabelled images to distill on as well (alpha = 0 there)")
+
+    st = _recipe_command(sub, "self-train", "Noisy Student self-training on unlabelled images")
+    st.add_argument("--unlabeled", help="folder of unlabelled images")
+    st.add_argument("--iterations", type=int, help="teacher -> student rounds (default: self_train.iterations)")
+
+    pl = sub.add_parser("pseudo-label", help="label a folder of images with a checkpoint")
+    pl.add_argument("checkpoint")
+    pl.add_argument("--images", required=True, help="folder of images (any layout)")
+    pl.add_argument("--out", required=True, help="CSV to write: path, label, confidence, prob_<class>...")
+    pl.add_argument("--threshold", type=float, default=0.0, help="keep images whose top probability is at least this")
+    pl.add_argument("--balance", action="store_true", help="the same number of images for every class")
+    pl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pl.add_argument("--batch-size", type=int, default=256)
+
+    bag = _recipe_command(sub, "bag", "train a bagged ensemble and report its vote against its members")
+    bag.add_argument("--members", type=int, help="ensemble size (default: bag.members)")
+    bag.add_argument("--bootstrap", action="store_true", help="train each member on a resample of the train split")
     return parser
+
+
+def _recipe_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command that trains from a recipe: --config, --out, --set, --resume like `fit`."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", help="recipe YAML (default with --resume: OUT/config.yaml)")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe keys")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    return p
+
+
+def _recipe(args: argparse.Namespace, flags: dict) -> dict:
+    """The resolved config of a recipe command: recipe, then command-line flags, then --set."""
+    from training.config import load_config
+
+    config_path = args.config or (Path(args.out) / "config.yaml" if args.resume else None)
+    if config_path is None:
+        raise UserError(f"{args.command} needs --config (or --resume with an existing run folder)")
+    overrides = {k: v for k, v in flags.items() if v not in (None, [], False)}
+    return load_config(config_path, {**overrides, **parse_overrides(args.set)})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fit":
-            from training.config import load_config
             from training.fit import fit_runs
 
-            config_path = args.config or (Path(args.out) / "config.yaml" if args.resume else None)
-            if config_path is None:
-                raise UserError("fit needs --config (or --resume with an existing run folder)")
             if args.runs < 1:
                 raise UserError("--runs must be at least 1")
-            fit_runs(load_config(config_path, args.set), args.out, args.runs, resume=args.resume)
+            fit_runs(_recipe(args, {}), args.out, args.runs, resume=args.resume)
+        elif args.command == "distill":
+            from training.fit import fit
+            from training.kd import Distill
+
+            flags = {"distill.teachers": args.teacher, "distill.unlabeled": args.unlabeled}
+            config = _recipe(args, flags)
+            fit(config, args.out, resume=args.resume, task=Distill(config["distill"]))
+        elif args.command == "self-train":
+            from training.self_train import self_train
+
+            flags = {"self_train.unlabeled": args.unlabeled, "self_train.iterations": args.iterations}
+            self_train(_recipe(args, flags), args.out, resume=args.resume)
+        elif args.command == "pseudo-label":
+            from training.distributed import resolve_device
+            from training.unlabeled import pseudo_label
+
+            if not 0.0 <= args.threshold < 1.0:
+                raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+            result = pseudo_label(
+                args.checkpoint, args.images, args.out, args.threshold, args.balance,
+                resolve_device(args.device), args.batch_size,
+            )  # fmt: skip
+            print(json.dumps(result))
+        elif args.command == "bag":
+            from training.bag import bag
+
+            bag(_recipe(args, {"bag.members": args.members, "bag.bootstrap": args.bootstrap}), args.out, args.resume)
         elif args.command == "evaluate":
             from training.evaluate import evaluate_checkpoint
 
@@ -68,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             from training.digits import write_digits
 
-            print(write_digits(args.out))
+            if not 0.0 < args.label_fraction <= 1.0:
+                raise UserError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+            print(write_digits(args.out, args.label_fraction))
     except UserError as e:
         # DataLoader workers re-raise with the worker's traceback prepended; keep the message only
         message = str(e).strip().splitlines()[-1].split("UserError: ")[-1]

@@ -37,7 +37,7 @@ from training.optim import build_optimizer, build_scheduler, param_groups
 from training.plots import plot_curves
 from training.progressive import DropoutSchedule, plan_stages, stage_of
 from training.tasks import Task
-from training.transforms import eval_transform, train_transform
+from training.transforms import eval_transform
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "ema_val_acc",
@@ -122,8 +122,7 @@ def fit(
     dropout = DropoutSchedule(model, config["progressive"]["start_dropout"])
     stage_loaders = []  # one (loader, sampler) per stage: sizes and batch sizes differ
     for stage in stages:
-        transform = train_transform(preprocess, stage.augment, stage.size)
-        train_set = task.train_set(splits, preprocess, transform, stage.augment)
+        train_set = task.train_set(splits, dict(preprocess, crop_size=stage.size), stage.augment)
         stage_cfg = dict(data_cfg, batch_size=stage.batch_size)
         stage_loaders.append(train_loader(train_set, stage_cfg, config["seed"], info.rank, info.world, pin))
     steps = [len(stage_loaders[stage_of(stages, e).index][0]) for e in range(1, train_cfg["epochs"] + 1)]

@@ -69,3 +69,35 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: str | Path, t
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_iterations(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Validation and test accuracy per self-training iteration (iteration 0: labelled data only)."""
+    x = [r["iteration"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [r["best_val_acc"] for r in rows], marker="o", label="val")
+    if all(r.get("test_acc") not in (None, "") for r in rows):
+        ax.plot(x, [r["test_acc"] for r in rows], marker="o", label="test")
+    ax.set_xticks(x, [f"{r['iteration']}\n{r['arch']}" for r in rows])
+    ax.set(xlabel="iteration (0 = labelled only)", ylabel="accuracy", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_members(names: list[str], accuracies: list[float], path: str | Path, title: str = "") -> None:
+    """One bar per bagged member and per vote, so the ensemble's gain over its members shows at a glance."""
+    fig, ax = plt.subplots(figsize=(max(5, len(names) * 0.9), 4))
+    colors = ["tab:blue" if n.startswith("member") else "tab:orange" for n in names]
+    ax.bar(names, accuracies, color=colors)
+    low = min(accuracies)
+    ax.set_ylim(max(0.0, low - (1 - low) * 0.5 - 0.01), min(1.0, max(accuracies) + 0.01))
+    for i, a in enumerate(accuracies):
+        ax.text(i, a, f"{a:.4f}", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="accuracy", title=title)
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

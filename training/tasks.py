@@ -20,6 +20,7 @@ from training.data import Splits, Transformed
 from training.engine import Supervised as SupervisedObjective
 from training.errors import UserError
 from training.mix import BatchMixer
+from training.transforms import train_transform
 
 
 class OneHot(Dataset):
@@ -63,8 +64,9 @@ class Task:
     def prepare(self, splits: Splits, device: torch.device) -> None:
         """Checks against the data and loading of anything else the task needs (teachers)."""
 
-    def train_set(self, splits: Splits, preprocess: dict[str, Any], transform: Callable, augment: dict) -> Dataset:
-        return splits.dataset("train", transform)
+    def train_set(self, splits: Splits, preprocess: dict[str, Any], augment: dict[str, Any]) -> Dataset:
+        """Training items; `preprocess["crop_size"]` is the size to train at (it changes per progressive stage)."""
+        return splits.dataset("train", train_transform(preprocess, augment))
 
     def objective(self, criterion: nn.Module, augment: dict[str, Any], num_classes: int) -> Callable:
         return SupervisedObjective(criterion, BatchMixer(augment, num_classes))
@@ -80,7 +82,8 @@ class Supervised(Task):
     def __init__(self, bootstrap_seed: int | None = None, extra: tuple[list[Path], np.ndarray] | None = None):
         self.bootstrap_seed, self.extra = bootstrap_seed, extra
 
-    def train_set(self, splits: Splits, preprocess: dict[str, Any], transform: Callable, augment: dict) -> Dataset:
+    def train_set(self, splits: Splits, preprocess: dict[str, Any], augment: dict[str, Any]) -> Dataset:
+        transform = train_transform(preprocess, augment)
         base, indices, _ = splits.parts["train"]
         if self.bootstrap_seed is not None:
             rng = np.random.default_rng(self.bootstrap_seed)

@@ -83,9 +83,9 @@ def is_random(augment: dict[str, Any]) -> bool:
     )  # fmt: skip
 
 
-def train_transform(preprocess: dict[str, Any], augment: dict[str, Any], size: int | None = None) -> v2.Compose:
-    """PIL RGB -> augmented, normalized float tensor [3, size, size] (default: the crop size)."""
-    steps = _augment_steps(preprocess, augment, size or preprocess["crop_size"]) + _to_tensor(preprocess)
+def train_transform(preprocess: dict[str, Any], augment: dict[str, Any]) -> v2.Compose:
+    """PIL RGB -> augmented, normalized float tensor [3, crop, crop]; each step switchable."""
+    steps = _augment_steps(preprocess, augment, preprocess["crop_size"]) + _to_tensor(preprocess)
     if augment["random_erasing"]:
         steps.append(v2.RandomErasing(augment["random_erasing"]))
     return v2.Compose(steps)
@@ -96,12 +96,13 @@ class SharedViews:
 
     Distillation needs the teacher to judge the very image the student sees. The random steps run
     once at the largest crop size; each model's view is then resized to its crop size and
-    normalized with its own mean/std. Without random steps each view is that model's eval transform.
+    normalized with its own mean/std. Without random steps each teacher sees its own eval transform.
     """
 
     def __init__(self, preprocesses: list[dict[str, Any]], augment: dict[str, Any]):
         if not is_random(augment):
-            self.shared, self.views = None, [eval_transform(p) for p in preprocesses]
+            student = train_transform(preprocesses[0], augment)  # deterministic: resize + center crop
+            self.shared, self.views = None, [student, *(eval_transform(p) for p in preprocesses[1:])]
             return
         size = max(p["crop_size"] for p in preprocesses)
         steps = [*_augment_steps(preprocesses[0], augment, size), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
