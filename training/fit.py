@@ -203,7 +203,9 @@ def fit(
             )  # fmt: skip
             ckpt.save(last, out / "last.pt")
             _write_metrics(history, out / "metrics.csv")
-            plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
+            # matplotlib costs ~0.3 s a figure: long runs refresh the picture about 50 times, and at the end
+            if epoch % max(1, train_cfg["epochs"] // 50) == 0 or epoch == train_cfg["epochs"]:
+                plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
             if show:
                 ema_text = f"  ema_val_acc {row['ema_val_acc']:.4f}" if ema else ""
                 tqdm.write(
