@@ -31,7 +31,9 @@ demo: install
 	$(VENV)/bin/bentoml serve --port 3000
 
 bench: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5
+	$(PY) -m bench.serve_load --quick --models digits --concurrency 1 16 64 --duration 3 --warmup 1
 
 clean:
 	rm -rf runs data bench/results

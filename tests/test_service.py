@@ -294,12 +294,17 @@ def test_a_corrupt_model_is_never_ready(store, tmp_path):
         SERVING.replace("models: [digits-resnet18, digits-b]", "models: [digits-resnet18, digits-b, broken]")
     )
     env = {**store, "SERVING_CONFIG": str(tmp_path / "s.yaml"), "LOG_PATH": str(tmp_path / "log")}
-    with serving([], env, wait=40) as (url, proc):
+    with serving([], env, wait=1) as (url, proc):
+        deadline = time.time() + 90
+        while "cannot load model 'broken:" not in (tmp_path / "log").read_text() and time.time() < deadline:
+            time.sleep(0.5)
         try:
             status = httpx.get(f"{url}/readyz", timeout=5).status_code
         except httpx.HTTPError:
             status = None  # not even listening
         assert status != 200
+        os.killpg(proc.pid, signal.SIGKILL)  # a worker in a restart loop makes a graceful stop slow
+        proc.wait(30)
     assert "cannot load model 'broken:" in (tmp_path / "log").read_text()
 
 

@@ -46,20 +46,14 @@ def test_kd_loss_equals_a_hand_computation():
 def _checkpoint(tmp_path, name: str, seed: int, labels: list[str], crop: int = 32) -> str:
     """A real (random-weight) checkpoint written the way `fit` writes one."""
     from training import checkpoint as ckpt
+    from training.fit import checkpoint_dict
     from training.models import build_model
 
     torch.manual_seed(seed)
     config = load_config(None, {"model.arch": "resnet18", "preprocess.crop_size": crop, "preprocess.resize_size": crop})
     model, preprocess, _ = build_model(config["model"], len(labels), config["preprocess"])
     path = tmp_path / f"{name}.pt"
-    ckpt.save(
-        {
-            "format_version": ckpt.FORMAT_VERSION, "arch": "resnet18", "num_classes": len(labels),
-            "labels": labels, "preprocess": preprocess, "config": config, "model": model.state_dict(),
-            "ema": None, "selected_weights": "model", "metrics": {}, "versions": ckpt.versions(),
-        },
-        path,
-    )  # fmt: skip
+    ckpt.save(checkpoint_dict(model, None, labels, preprocess, config, {}), path)
     return str(path)
 
 

@@ -56,9 +56,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def _checkpoint(
+def checkpoint_dict(
     model: nn.Module, ema: EMA | None, labels: list[str], preprocess: dict, config: dict, metrics: dict
 ) -> dict[str, Any]:
+    """The checkpoint format of DESIGN.md: weights plus everything export and evaluate need to rebuild the model."""
     return {
         "format_version": ckpt.FORMAT_VERSION,
         "arch": config["model"]["arch"],
@@ -194,8 +195,8 @@ def fit(
             if score > best:
                 best = score
                 metrics = {"best_epoch": epoch, "val_acc": selected["acc"], "val_loss": selected["loss"]}
-                ckpt.save(_checkpoint(raw_model, ema, labels, preprocess, config, metrics), out / "best.pt")
-            last = _checkpoint(raw_model, ema, labels, preprocess, config, {"val_acc": selected["acc"]})
+                ckpt.save(checkpoint_dict(raw_model, ema, labels, preprocess, config, metrics), out / "best.pt")
+            last = checkpoint_dict(raw_model, ema, labels, preprocess, config, {"val_acc": selected["acc"]})
             last.update(
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                 ema_updates=ema.updates if ema else 0, epoch=epoch, history=history, best=list(best),

@@ -1,0 +1,344 @@
+"""Serving load test: the BentoML service against the in-process ceiling and a hand-written endpoint.
+
+    python -m bench.serve_load                         # digits ResNet-18, ResNet-50, EfficientNetV2-S
+    python -m bench.serve_load --models digits --concurrency 1 16 --duration 3 --quick   # `make bench`
+
+For each model (random weights: speed does not depend on them; the digits model keeps its 32x32 input):
+  1. export it (and a second seed for a two-member ensemble) into a temporary BentoML store;
+  2. ceiling, in this process, on the same graph and images: (a) ONNX Runtime alone at its best batch
+     size, (b) decode + preprocess + ONNX Runtime, decoding in a thread per core, batches of 64;
+  3. `bentoml serve` with `/classify` (and `/ensemble`) under closed-loop load at each concurrency, then
+     open-loop at half the best closed-loop rate;
+  4. the FastAPI + ONNX Runtime endpoint of `bench/fastapi_baseline.py` (one image a call, no batching)
+     under the same closed-loop load.
+Requests carry one real photo each (scikit-image's, resized to 500x375, JPEG and PNG). The load
+generator (`bench/loadgen.py`) runs in separate processes and reports its own CPU time.
+Writes bench/results/serve_load.{json,md} and serve_load_throughput.png / serve_load_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import loadgen
+from bench.common import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "digits": {"arch": "resnet18", "resize_size": 32, "crop_size": 32, "classes": 10},
+    "resnet50": {"arch": "resnet50", "resize_size": 256, "crop_size": 224, "classes": 1000},
+    "efficientnet_v2_s": {"arch": "efficientnet_v2_s", "resize_size": 256, "crop_size": 224, "classes": 1000},
+}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
+    p.add_argument("--client-processes", type=int, default=2)
+    p.add_argument("--no-ensemble", action="store_true")
+    p.add_argument("--no-fastapi", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-latency-ms", type=int, default=60000, help="BentoML's shedding bound in serving.yaml")
+    p.add_argument("--work", default="runs/serve_load", help="models, store and logs")
+    p.add_argument("--out", default="bench/results/serve_load")
+    p.add_argument("--quick", action="store_true", help="a short run for `make bench`")
+    return p.parse_args(argv)
+
+
+def photos() -> list[tuple[str, bytes]]:
+    """Real photos at a typical upload size (500x375), each as JPEG (quality 90) and PNG."""
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB").resize((500, 375), Image.Resampling.BILINEAR)
+        for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
+            buf = io.BytesIO()
+            image.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            out.append((f"{name}.{ext}", buf.getvalue()))
+    return out
+
+
+def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
+    """Random-weight checkpoints -> ONNX graphs -> model store entries `<name>` and `<name>-b` (another seed)."""
+    import torch
+
+    from export.graph import export_onnx
+    from export.store import store_model
+    from training import checkpoint as ckpt
+    from training.config import load_config
+    from training.fit import checkpoint_dict
+    from training.models import build_model
+
+    graphs = {}
+    for name in names:
+        spec = MODELS[name]
+        for member, seed in ((name, 0), (f"{name}-b", 1)):
+            onnx_path = work / f"{member}.onnx"
+            marker = work / f"{member}.stored"
+            if not marker.exists():
+                torch.manual_seed(seed)
+                config = load_config(None, {"model.arch": spec["arch"], "preprocess.crop_size": spec["crop_size"],
+                                            "preprocess.resize_size": spec["resize_size"]})  # fmt: skip
+                model, preprocess, _ = build_model(config["model"], spec["classes"], config["preprocess"])
+                labels = [f"class{i}" for i in range(spec["classes"])]
+                source = work / f"{member}.pt"
+                ckpt.save(checkpoint_dict(model, None, labels, preprocess, config, {}), source)
+                _, meta = export_onnx(ckpt.load(source), source, onnx_path)
+                marker.write_text(store_model(onnx_path, member, meta))
+                print(f"stored {marker.read_text()} ({spec['arch']}, {spec['crop_size']} px)", flush=True)
+            graphs[member] = onnx_path
+    return graphs
+
+
+def ceiling(path: Path, images: list[tuple[str, bytes]], device: str, seconds: float = 3.0) -> dict[str, Any]:
+    """In-process images/s: (a) the model alone at its best batch size, (b) decode + preprocess + model."""
+    from export import metadata
+    from service.config import Limits
+    from service.decode import decode
+    from service.runtime import Graph
+
+    graph = Graph(path, device)
+    pre = metadata.preprocess_of(graph.meta)
+    crop = pre["crop_size"]
+    per_batch = {}
+    for batch in (1, 8, 16, 32, 64):
+        pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+        graph.run(pixels)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            graph.run(pixels)
+            n += batch
+        per_batch[batch] = round(n / (time.perf_counter() - start), 1)
+    best = max(per_batch, key=per_batch.get)
+    limits = Limits()
+    raw = [data for _, data in images]
+    with concurrent.futures.ThreadPoolExecutor(loadgen.cpu_count()) as pool:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            chunk = [raw[(n + i) % len(raw)] for i in range(64)]
+            pixels = np.stack(list(pool.map(lambda d: decode(d, 0, limits, pre), chunk)))
+            graph.run(pixels)
+            n += 64
+        full = n / (time.perf_counter() - start)
+    return {"model_only_images_per_s": per_batch[best], "model_only_best_batch": best,
+            "model_only_by_batch": per_batch, "decode_and_model_images_per_s": round(full, 1)}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict[str, str], log: Path, ready: str, wait: float = 240):
+    """Start a server process group on a free port; yield its URL once `ready` answers 200."""
+    import httpx
+
+    port = _free_port()
+    cmd = [c.replace("{port}", str(port)) for c in cmd]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + wait
+            while True:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{' '.join(cmd)} did not become ready; see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + ready, timeout=2).status_code == 200:
+                        break
+                time.sleep(0.5)
+            yield url, proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def server_cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU seconds used so far by a server and all its worker processes."""
+    import psutil
+
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def load_levels(url: str, proc, requests: list[loadgen.Request], args, label: str) -> list[dict[str, Any]]:
+    rows = []
+    for c in args.concurrency:
+        cpu0 = server_cpu_seconds(proc)
+        row = loadgen.run(url, requests, concurrency=c, duration=args.duration, warmup=args.warmup,
+                          processes=args.client_processes)  # fmt: skip
+        row["server_cpu_share"] = round((server_cpu_seconds(proc) - cpu0) / (args.duration + args.warmup), 2)
+        row["target"] = label
+        rows.append(row)
+        print(f"{label:>28} c={c:<3} {row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+              f"  errors {row['errors']} {row['statuses']}  client cpu {row['client_cpu_share']:.2f}"
+              f"  server cpu {row['server_cpu_share']:.2f}", flush=True)  # fmt: skip
+    return rows
+
+
+def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str, str], work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"model": name, **MODELS[name]}
+    result["ceiling"] = ceiling(graphs[name], images, args.device, seconds=1.5 if args.quick else 4.0)
+    print(f"{name}: ceiling {json.dumps(result['ceiling'])}", flush=True)
+    serving = work / f"serving-{name}.yaml"
+    serving.write_text(
+        f"device: {args.device}\ndefault_model: {name}\nmodels: [{name}, {name}-b]\n"
+        f"ensembles:\n  pair: {{members: [{name}, {name}-b], voting: soft}}\n"
+        f"batching: {{max_batch_size: 64, max_latency_ms: {args.max_latency_ms}}}\n"
+    )
+    single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": name})) for img in images]
+    pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
+           "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+    with server(cmd, {**env, "SERVING_CONFIG": str(serving)}, work / f"serve-{name}.log", "/readyz") as (url, proc):
+        result["service"] = load_levels(url, proc, single, args, f"service /classify {name}")
+        if not args.no_ensemble:
+            result["ensemble"] = load_levels(url, proc, pair, args, f"service /ensemble {name} x2")
+        best = max(r["requests_per_s"] for r in result["service"])
+        open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
+                               processes=args.client_processes)  # fmt: skip
+        result["open_loop"] = open_row
+        print(f"{'open loop at half max':>28} {open_row['rate']:.1f}/s  p50 {open_row['p50_ms']} ms  "
+              f"p99 {open_row['p99_ms']} ms  errors {open_row['errors']}", flush=True)  # fmt: skip
+    if not args.no_fastapi:
+        fastapi_cmd = [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host", "127.0.0.1",
+                       "--port", "{port}", "--log-level", "warning"]  # fmt: skip
+        fa_env = {**env, "MODEL_PATH": str(graphs[name])}
+        with server(fastapi_cmd, fa_env, work / f"fastapi-{name}.log", "/docs") as (url, proc):
+            plain = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in images]
+            result["fastapi"] = load_levels(url, proc, plain, args, f"fastapi /classify {name}")
+    return result
+
+
+def _best(rows: list[dict[str, Any]]) -> float:
+    return max(r["images_per_s"] for r in rows) if rows else 0.0
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Serving load", "",
+        f"Machine: {report['machine']}. {report['settings']}", "",
+        "| model | target | clients | img/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU | server CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for m in report["models"]:
+        for key in ("service", "ensemble", "fastapi"):
+            for r in m.get(key, []):
+                lines.append(
+                    f"| {m['model']} | {r['target'].split(' ' + m['model'])[0]} | {r['concurrency']} | "
+                    f"{r['images_per_s']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                    f"{r['errors']} | {r['client_cpu_share']} | {r['server_cpu_share']} |"
+                )
+    lines += ["", "| model | ceiling (a) model only | ceiling (b) decode + model | service best | "
+              "service / (b) | FastAPI best | service / FastAPI | open loop p50 / p99 ms at half max |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for m in report["models"]:
+        c, s, f = m["ceiling"], _best(m["service"]), _best(m.get("fastapi", []))
+        o = m["open_loop"]
+        lines.append(
+            f"| {m['model']} | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
+            f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
+            f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for key, style in (("service", "o-"), ("ensemble", "s--"), ("fastapi", "^-")):
+            rows = m.get(key, [])
+            if rows:
+                ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], style, label=key)
+        ax.axhline(m["ceiling"]["decode_and_model_images_per_s"], color="grey", ls=":", label="ceiling (b)")
+        ax.axhline(m["ceiling"]["model_only_images_per_s"], color="black", ls=":", label="ceiling (a)")
+        ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=m["model"])
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{out}_throughput.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for key, color in (("service", "tab:blue"), ("fastapi", "tab:green")):
+            rows = m.get(key, [])
+            if rows:
+                c = [r["concurrency"] for r in rows]
+                ax.plot(c, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{key} p50")
+                ax.plot(c, [r["p99_ms"] for r in rows], "o--", color=color, label=f"{key} p99")
+        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=m["model"])
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{out}_latency.png", dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> None:
+    import platform
+
+    work = (ROOT / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
+    graphs = prepare_models(args.models, work)
+    images = photos()
+    settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
+                f"processes; one photo per request ({len(images)} photos, 500x375 JPEG/PNG); device {args.device}; "
+                f"max_latency_ms {args.max_latency_ms}.")  # fmt: skip
+    machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores"
+    report = {"machine": machine, "settings": settings, "models": []}
+    for name in args.models:
+        report["models"].append(bench_model(name, graphs, images, args, env, work))
+    out = ROOT / args.out
+    text = markdown(report)
+    write_report(out, report, text)
+    plots(report, out)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(_parse(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
