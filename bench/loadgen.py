@@ -176,8 +176,11 @@ def _process(kind: str, host: str, port: int, requests: list[Request], threads: 
         total = int((warmup + duration) * rate)
         mine = [t0 + n * interval for n in range(index, total, processes)]
         for k in range(threads):
-            workers.append(threading.Thread(target=_open_loop_sender,
-                                            args=(host, port, requests, mine[k::threads], t_record, result, lock)))
+            workers.append(
+                threading.Thread(
+                    target=_open_loop_sender, args=(host, port, requests, mine[k::threads], t_record, result, lock)
+                )
+            )
     while time.perf_counter() < t0:
         time.sleep(0.001)
     for w in workers:
