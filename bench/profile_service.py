@@ -1,0 +1,102 @@
+"""Where the service's time goes under load, measured with py-spy (a sampling profiler), not guessed.
+
+    python -m bench.profile_service [--concurrency 16] [--seconds 10]
+
+Serves the digits-sized model of `bench.serve_load`, loads it with closed-loop clients, and records
+every server process (the arbiter, the classifier worker, the inference worker) with `py-spy record`
+at the same time. Prints, per process, the functions holding the most samples (inclusive, so a
+caller counts its callees) and writes the collapsed stacks to bench/results/profile-<pid>.txt
+(flame-graph input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from bench import loadgen
+from bench.serve_load import ROOT, photos, prepare_models, server
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.profile_service", description=__doc__.split("\n")[0])
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--work", default="runs/serve_load")
+    p.add_argument("--out", default="bench/results")
+    return p.parse_args(argv)
+
+
+def top_functions(collapsed: str, top: int) -> tuple[int, list[tuple[str, int]]]:
+    """py-spy's collapsed stacks ("a;b;c 12") -> (total samples, [(frame, samples that include it)])."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            inclusive[frame] += n
+    return total, inclusive.most_common(top)
+
+
+def run(args: argparse.Namespace) -> None:
+    import psutil
+
+    work = (ROOT / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
+    prepare_models(["digits"], work)
+    requests = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in photos()]
+    serving = work / "serving-profile.yaml"
+    serving.write_text(
+        "default_model: digits\nmodels: [digits]\nbatching: {max_batch_size: 64, max_latency_ms: 60000}\n"
+    )
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
+           "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    with server(cmd, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-profile.log", "/readyz") as (url, proc):
+        result: dict = {}
+        load = threading.Thread(target=lambda: result.update(loadgen.run(
+            url, requests, concurrency=args.concurrency, duration=args.seconds + 2, warmup=2.0)))  # fmt: skip
+        load.start()
+        threading.Event().wait(2.5)
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        recorders = []
+        for p in procs:
+            path = out / f"profile-{p.pid}.txt"
+            record = [spy, "record", "--pid", str(p.pid), "--duration", str(int(args.seconds)), "--format", "raw",
+                      "--output", str(path), "--nonblocking"]  # fmt: skip
+            recorders.append((p, path, subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        for _, _, r in recorders:
+            r.wait()
+        load.join()
+    print(f"load: {result.get('images_per_s')} img/s, p50 {result.get('p50_ms')} ms, errors {result.get('errors')}")
+    for p, path, _ in recorders:
+        if not path.exists():
+            continue
+        total, frames = top_functions(path.read_text(), args.top)
+        name = " ".join(p.cmdline()[-6:]) if p.is_running() else str(p.pid)
+        print(f"\n== pid {p.pid} ({name}): {total} samples -> {path}")
+        for frame, n in frames:
+            print(f"{100 * n / max(total, 1):5.1f}%  {frame}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(_parse(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
