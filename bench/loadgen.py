@@ -10,6 +10,7 @@ The generator's own CPU seconds are reported, so a reader can see it had room to
 from __future__ import annotations
 
 import http.client
+import json
 import multiprocessing as mp
 import os
 import statistics
@@ -46,7 +47,7 @@ class Request:
     content_type: str
     images: int = 1
     expect_status: int = 200
-    expect_text: bytes = b""  # a substring the response body must hold (e.g. the right label)
+    expect_label: str = ""  # the label the first answer of the JSON response must carry
 
 
 @dataclass
@@ -102,12 +103,19 @@ def _judge(result: Result, req: Request, status: int, body: bytes, latency: floa
     if not record:
         return
     result.statuses[status] = result.statuses.get(status, 0) + 1
-    if status != req.expect_status or (req.expect_text and req.expect_text not in body):
+    if status != req.expect_status or (req.expect_label and _label(body) != req.expect_label):
         result.wrong += 1
         return
     if status == 200:
         result.latencies.append(latency)
         result.images += req.images
+
+
+def _label(body: bytes) -> str | None:
+    try:
+        return json.loads(body)[0]["label"]
+    except (ValueError, LookupError, TypeError):
+        return None
 
 
 def _client(host: str, port: int, requests: list[Request], offset: int, t_record: float, t_end: float,
