@@ -28,6 +28,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--ensemble", action="store_true", help="load /ensemble (two members) instead of /classify")
+    p.add_argument("--idle", action="store_true", help="sample idle threads too: where time is spent waiting")
     p.add_argument("--work", default="runs/serve_load")
     p.add_argument("--out", default="bench/results")
     return p.parse_args(argv)
@@ -56,10 +58,14 @@ def run(args: argparse.Namespace) -> None:
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
     prepare_models(["digits"], work)
-    requests = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in photos()]
+    if args.ensemble:
+        requests = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in photos()]
+    else:
+        requests = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in photos()]
     serving = work / "serving-profile.yaml"
     serving.write_text(
-        "default_model: digits\nmodels: [digits]\nbatching: {max_batch_size: 64, max_latency_ms: 60000}\n"
+        "default_model: digits\nmodels: [digits, digits-b]\nensembles: {pair: {members: [digits, digits-b]}}\n"
+        "batching: {max_batch_size: 64, max_latency_ms: 60000}\n"
     )
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
            "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
         for p in procs:
             path = out / f"profile-{p.pid}.txt"
             record = [spy, "record", "--pid", str(p.pid), "--duration", str(int(args.seconds)), "--format", "raw",
-                      "--output", str(path), "--nonblocking"]  # fmt: skip
+                      "--output", str(path), "--nonblocking", *(["--idle"] if args.idle else [])]  # fmt: skip
             recorders.append((p, path, subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         for _, _, r in recorders:
             r.wait()
