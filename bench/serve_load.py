@@ -222,10 +222,14 @@ def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str,
     pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
            "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
-    with server(cmd, {**env, "SERVING_CONFIG": str(serving)}, work / f"serve-{name}.log", "/readyz") as (url, proc):
-        result["service"] = load_levels(url, proc, single, args, f"service /classify {name}")
-        if not args.no_ensemble:
+    serve_env = {**env, "SERVING_CONFIG": str(serving)}
+    if not args.no_ensemble:
+        # a server of its own: after a burst BentoML's adaptive batching keeps a longer wait for a while,
+        # so levels that follow other traffic on the same server measure that traffic too
+        with server(cmd, serve_env, work / f"serve-{name}-ensemble.log", "/readyz") as (url, proc):
             result["ensemble"] = load_levels(url, proc, pair, args, f"service /ensemble {name} x2")
+    with server(cmd, serve_env, work / f"serve-{name}.log", "/readyz") as (url, proc):
+        result["service"] = load_levels(url, proc, single, args, f"service /classify {name}")
         best = max(r["requests_per_s"] for r in result["service"])
         open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
                                processes=args.client_processes)  # fmt: skip
