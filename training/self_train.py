@@ -30,7 +30,7 @@ from training.fit import fit
 from training.models import build_model
 from training.plots import plot_iterations
 from training.tasks import Supervised
-from training.unlabeled import as_targets, find_images, select, teacher_probabilities, write_labels
+from training.unlabeled import find_images, pseudo_label, read_labels
 
 COLUMNS = ["iteration", "arch", "pseudo_labelled", "best_val_acc", "test_acc", "train_seconds"]
 
@@ -78,7 +78,7 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
         else:
             task = None
             if teacher_path is not None:
-                task = Supervised(extra=_pseudo_labels(teacher_path, unlabeled, st, run, config["device"]))
+                task = Supervised(extra=_pseudo_labels(teacher_path, st, run, config["device"]))
             summary = fit(cfg, run, task=task)
         if not summary:  # not the main process under torchrun
             return {}
@@ -106,18 +106,12 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
     return result
 
 
-def _pseudo_labels(
-    teacher_path: Path, unlabeled: list[Path], st: dict[str, Any], run: Path, device: str
-) -> tuple[list[Path], Any]:
-    """The teacher labels every unlabelled image; the kept ones are saved to run/pseudo_labels.csv."""
-    teacher = ckpt.load(teacher_path)
-    probs = teacher_probabilities(teacher, unlabeled, resolve_device(device))
-    keep = select(probs, st["threshold"], st["balance"])
-    paths = [unlabeled[i] for i in keep]
-    run.mkdir(parents=True, exist_ok=True)
-    write_labels(run / "pseudo_labels.csv", paths, probs[keep], teacher["labels"])
-    tqdm.write(f"{len(keep)} pseudo-labels from {len(unlabeled)} images by {teacher_path} -> {run}")
-    return paths, as_targets(probs[keep], st["soft"])
+def _pseudo_labels(teacher_path: Path, st: dict[str, Any], run: Path, device: str) -> tuple[list[Path], Any]:
+    """`pseudo-label` into run/pseudo_labels.csv, then the student's targets read back from that file."""
+    counts = pseudo_label(teacher_path, st["unlabeled"], run / "pseudo_labels.csv", st["threshold"], st["balance"],
+                          resolve_device(device))  # fmt: skip
+    tqdm.write(f"{counts['rows']} pseudo-labels from {counts['images']} images by {teacher_path} -> {run}")
+    return read_labels(run / "pseudo_labels.csv", ckpt.load(teacher_path)["labels"], st["soft"])
 
 
 def _write(out: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> None:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from export.images import open_rgb
-from training.data import Splits, Transformed
+from training.data import ImageFiles, Splits, Transformed
 from training.engine import Supervised as SupervisedObjective
 from training.errors import UserError
 from training.mix import BatchMixer
@@ -43,17 +42,14 @@ class SoftLabelled(Dataset):
     """Image files with a target distribution each (pseudo-labels), decoded like every other image."""
 
     def __init__(self, paths: list[Path], targets: np.ndarray, transform: Callable):
-        self.paths, self.targets, self.transform = paths, torch.as_tensor(targets, dtype=torch.float32), transform
+        self.files = Transformed(ImageFiles([(p, -1) for p in paths]), range(len(paths)), transform)
+        self.targets = torch.as_tensor(targets, dtype=torch.float32)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            image = open_rgb(self.paths[i])
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot decode image {self.paths[i]}: {e}") from None
-        return self.transform(image), self.targets[i]
+        return self.files[i][0], self.targets[i]
 
 
 class Task:
