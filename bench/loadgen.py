@@ -59,6 +59,9 @@ class Result:
     seconds: float = 0.0
     client_cpu_seconds: float = 0.0
     connection_errors: int = 0
+    # (start, end, status) of every counted request, perf_counter seconds (system-wide on Linux, so
+    # comparable across the client processes); status -1 is a broken connection
+    timeline: list[tuple[float, float, int]] = field(default_factory=list)
 
     def merge(self, other: Result) -> None:
         self.latencies += other.latencies
@@ -68,6 +71,7 @@ class Result:
         self.images += other.images
         self.client_cpu_seconds += other.client_cpu_seconds
         self.connection_errors += other.connection_errors
+        self.timeline += other.timeline
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -103,6 +107,8 @@ def _judge(result: Result, req: Request, status: int, body: bytes, latency: floa
     if not record:
         return
     result.statuses[status] = result.statuses.get(status, 0) + 1
+    end = time.perf_counter()
+    result.timeline.append((end - latency, end, status))
     if status != req.expect_status or (req.expect_label and _label(body) != req.expect_label):
         result.wrong += 1
         return
@@ -134,6 +140,7 @@ def _client(host: str, port: int, requests: list[Request], offset: int, t_record
         except (OSError, http.client.HTTPException):
             if t_record <= time.perf_counter() <= t_end:
                 mine.connection_errors += 1
+                mine.timeline.append((start, time.perf_counter(), -1))
             conn.close()
             conn = http.client.HTTPConnection(host, port, timeout=300)
             time.sleep(0.01)
@@ -160,6 +167,7 @@ def _open_loop_sender(host: str, port: int, requests: list[Request], due: list[f
         except (OSError, http.client.HTTPException):
             if t_due >= t_record:
                 mine.connection_errors += 1
+                mine.timeline.append((t_due, time.perf_counter(), -1))
             conn.close()
             conn = http.client.HTTPConnection(host, port, timeout=120)
             continue
@@ -201,8 +209,9 @@ def _process(kind: str, host: str, port: int, requests: list[Request], threads: 
 
 
 def run(url: str, requests: list[Request], *, concurrency: int = 0, rate: float = 0.0, duration: float = 10.0,
-        warmup: float = 2.0, processes: int = 2) -> dict[str, Any]:  # fmt: skip
-    """Closed loop with `concurrency` clients, or open loop at `rate` requests/s; returns `Result.summary()`."""
+        warmup: float = 2.0, processes: int = 2, timeline: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Closed loop with `concurrency` clients, or open loop at `rate` requests/s; returns `Result.summary()`,
+    plus every request's (start, end, status) when `timeline` is asked for."""
     host, port = url.removeprefix("http://").split(":")
     kind = "closed" if concurrency else "open"
     if kind == "closed":
@@ -225,6 +234,8 @@ def run(url: str, requests: list[Request], *, concurrency: int = 0, rate: float 
     total.seconds = duration
     out = total.summary()
     out.update(mode=kind, concurrency=concurrency or None, rate=rate or None, client_processes=processes)
+    if timeline:
+        out["timeline"] = sorted(total.timeline)
     return out
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from bench import loadgen
-from bench.serve_load import ROOT, photos, prepare_models, server
+from bench.common import cli
+from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, server, store_env
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -51,12 +51,8 @@ def top_functions(collapsed: str, top: int) -> tuple[int, list[tuple[str, int]]]
 
 
 def run(args: argparse.Namespace) -> None:
-    import psutil
 
-    work = (ROOT / args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
+    work, env = store_env(args.work)
     prepare_models(["digits"], work)
     if args.ensemble:
         requests = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in photos()]
@@ -67,18 +63,16 @@ def run(args: argparse.Namespace) -> None:
         "default_model: digits\nmodels: [digits, digits-b]\nensembles: {pair: {members: [digits, digits-b]}}\n"
         "batching: {max_batch_size: 64, max_latency_ms: 60000}\n"
     )
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
-           "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).parent / "py-spy")
-    with server(cmd, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-profile.log", "/readyz") as (url, proc):
+    with server(SERVE, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-profile.log", "/readyz") as (url, proc):
         result: dict = {}
         load = threading.Thread(target=lambda: result.update(loadgen.run(
             url, requests, concurrency=args.concurrency, duration=args.seconds + 2, warmup=2.0)))  # fmt: skip
         load.start()
         threading.Event().wait(2.5)
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        procs = process_tree(proc)
         recorders = []
         for p in procs:
             path = out / f"profile-{p.pid}.txt"
@@ -100,8 +94,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(_parse(argv))
-    return 0
+    return cli(run, _parse, argv)
 
 
 if __name__ == "__main__":

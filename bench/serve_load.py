@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench import loadgen
-from bench.common import write_report
+from bench.common import cli, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -179,18 +179,39 @@ def server(cmd: list[str], env: dict[str, str], log: Path, ready: str, wait: flo
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def process_tree(proc: subprocess.Popen) -> list:
+    """The server process and all its workers, as psutil processes (empty once it has exited)."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def server_cpu_seconds(proc: subprocess.Popen) -> float:
     """CPU seconds used so far by a server and all its worker processes."""
     import psutil
 
     total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(proc.pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                t = p.cpu_times()
-                total += t.user + t.system
+    for p in process_tree(proc):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
     return total
+
+
+SERVE = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
+         "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+
+
+def store_env(work_arg: str) -> tuple[Path, dict[str, str]]:
+    """The benchmarks' work folder and the environment whose BentoML store lives in it (this process too)."""
+    work = (ROOT / work_arg).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.update(BENTOML_HOME=str(work / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+    return work, dict(os.environ)
 
 
 def load_levels(url: str, proc, requests: list[loadgen.Request], args, label: str) -> list[dict[str, Any]]:
@@ -220,15 +241,13 @@ def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str,
     )
     single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": name})) for img in images]
     pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
-           "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
     serve_env = {**env, "SERVING_CONFIG": str(serving)}
     if not args.no_ensemble:
         # a server of its own: after a burst BentoML's adaptive batching keeps a longer wait for a while,
         # so levels that follow other traffic on the same server measure that traffic too
-        with server(cmd, serve_env, work / f"serve-{name}-ensemble.log", "/readyz") as (url, proc):
+        with server(SERVE, serve_env, work / f"serve-{name}-ensemble.log", "/readyz") as (url, proc):
             result["ensemble"] = load_levels(url, proc, pair, args, f"service /ensemble {name} x2")
-    with server(cmd, serve_env, work / f"serve-{name}.log", "/readyz") as (url, proc):
+    with server(SERVE, serve_env, work / f"serve-{name}.log", "/readyz") as (url, proc):
         result["service"] = load_levels(url, proc, single, args, f"service /classify {name}")
         best = max(r["requests_per_s"] for r in result["service"])
         open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
@@ -319,10 +338,7 @@ def plots(report: dict[str, Any], out: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     import platform
 
-    work = (ROOT / args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
+    work, env = store_env(args.work)
     graphs = prepare_models(args.models, work)
     images = photos()
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
@@ -340,8 +356,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(_parse(argv))
-    return 0
+    return cli(run, _parse, argv)
 
 
 if __name__ == "__main__":

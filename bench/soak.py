@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from bench import loadgen
-from bench.common import write_report
-from bench.serve_load import ROOT, photos, prepare_models, server
+from bench.common import cli, write_report
+from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, server, store_env
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -78,93 +78,60 @@ def rss_bytes(proc) -> int:
     import psutil
 
     total = 0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(proc.pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
+    for p in process_tree(proc):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
     return total
 
 
 def inference_worker(proc) -> int:
-    """PID of the worker process that runs the `inference` service (the ONNX Runtime sessions)."""
+    """PID of the worker process that runs the `inference` service (`--service-name inference`)."""
     import psutil
 
-    for p in psutil.Process(proc.pid).children(recursive=True):
+    for p in process_tree(proc)[1:]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "Inference" in " ".join(p.cmdline()) or "inference" in " ".join(p.cmdline()):
+            if "inference" in p.cmdline():
                 return p.pid
     raise RuntimeError("no inference worker process found under the server")
 
 
-def kill_run(url: str, proc, good: list[loadgen.Request], seconds: float, clients: int) -> dict[str, Any]:
-    """Closed-loop clients with a timeline; the inference worker is killed a third of the way in."""
-    import http.client
-
-    host, port = url.removeprefix("http://").split(":")
-    timeline: list[tuple[float, float, int]] = []  # (start, end, status or -1 for a connection error)
-    lock = threading.Lock()
-    t0 = time.perf_counter()
-    t_end = t0 + seconds
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        i = k
-        while time.perf_counter() < t_end:
-            req = good[i % len(good)]
-            i += 1
-            start = time.perf_counter()
-            try:
-                conn.request("POST", req.path, body=req.body, headers={"Content-Type": req.content_type})
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                status = -1
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            with lock:
-                timeline.append((start - t0, time.perf_counter() - t0, status))
-
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds / 3)
+def kill_run(url: str, proc, good: list[loadgen.Request], seconds: float, clients: int, processes: int) -> dict:
+    """Closed-loop load with a timeline; the inference worker is killed a third of the way in."""
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(loadgen.run(
+        url, good, concurrency=clients, duration=seconds, warmup=0.0, processes=processes, timeline=True)),
+        daemon=True)  # fmt: skip
+    load.start()
+    time.sleep(0.5 + seconds / 3)  # loadgen starts its clock 0.5 s after the call
     victim = inference_worker(proc)
-    killed_at = time.perf_counter() - t0
+    killed_at = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
-    for t in threads:
-        t.join(timeout=seconds + 90)
-    hung = sum(t.is_alive() for t in threads)
+    load.join(timeout=seconds + 360)  # beyond loadgen's 300-s request timeout: a client that hangs
+    if load.is_alive():
+        return {"killed_pid": victim, "hung": True}
     try:
         replacement = inference_worker(proc)
     except RuntimeError:
         replacement = None
-    spanning = [end - start for start, end, _ in timeline if start <= killed_at <= end]
-    after = sorted((e, s) for st, e, s in timeline if e >= killed_at)
-    failed = [e for e, s in after if s != 200]
-    recovered = None
+    timeline = result["timeline"]
+    after = [(end, status) for _, end, status in timeline if end >= killed_at]
+    failed = [end for end, status in after if status != 200]
+    recovered = 0.0
     if failed:
-        last_failure = max(failed)
-        ok_after = [e for e, s in after if s == 200 and e > last_failure]
+        ok_after = [end for end, status in after if status == 200 and end > max(failed)]
         recovered = round(min(ok_after) - killed_at, 2) if ok_after else None
-    statuses: dict[str, int] = {}
-    for _, _, s in timeline:
-        statuses[str(s)] = statuses.get(str(s), 0) + 1
+    spanning = [end - start for start, end, _ in timeline if start <= killed_at <= end]
     return {
-        "killed_pid": victim, "killed_at_s": round(killed_at, 2), "requests": len(timeline),
-        "failed_after_kill": len(failed), "statuses": statuses,
-        "seconds_to_recover": recovered if failed else 0.0, "hung_clients": hung,
-        "answered_after_kill": sum(s == 200 for _, s in after), "new_worker_pid": replacement,
+        "killed_pid": victim, "new_worker_pid": replacement, "hung": False,
+        "killed_at_s": round(killed_at - timeline[0][0], 2) if timeline else None,
+        "requests": len(timeline), "statuses": result["statuses"], "failed_after_kill": len(failed),
+        "seconds_to_recover": recovered, "answered_after_kill": sum(status == 200 for _, status in after),
         "slowest_request_across_kill_s": round(max(spanning), 2) if spanning else None,
     }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
-    work = (ROOT / args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    os.environ.update(BENTOML_HOME=env["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="true")
+    work, env = store_env(args.work)
     graph = prepare_models(["digits"], work)["digits"]
     images = photos()
     labels = expected_labels(graph, images)
@@ -187,10 +154,8 @@ def run(args: argparse.Namespace) -> None:
     serving.write_text(
         "default_model: digits\nmodels: [digits]\nbatching: {max_batch_size: 64, max_latency_ms: 60000}\n"
     )
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Classifier",
-           "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
     report: dict[str, Any] = {"settings": vars(args) | {"work": str(work)}}
-    with server(cmd, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-soak.log", "/readyz") as (url, proc):
+    with server(SERVE, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-soak.log", "/readyz") as (url, proc):
         common = {"concurrency": args.concurrency, "processes": args.client_processes, "warmup": 3.0}
         report["clean"] = loadgen.run(url, good, duration=args.duration, **common)
         rss_clean = rss_bytes(proc)
@@ -199,7 +164,7 @@ def run(args: argparse.Namespace) -> None:
         report["rss_mb"] = {"after_clean": round(rss_clean / 2**20, 1), "after_faulty": round(rss_after / 2**20, 1),
                             "change": round(rss_after / rss_clean - 1, 4)}  # fmt: skip
         report["p99_change"] = round(report["faulty"]["p99_ms"] / report["clean"]["p99_ms"] - 1, 4)
-        report["kill"] = kill_run(url, proc, good, args.kill_seconds, args.concurrency)
+        report["kill"] = kill_run(url, proc, good, args.kill_seconds, args.concurrency, args.client_processes)
     c, f, k = report["clean"], report["faulty"], report["kill"]
     text = f"""# Soak
 
@@ -217,7 +182,7 @@ Resident memory of the server's processes: {report["rss_mb"]["after_clean"]} MB 
 Worker kill (pid {k["killed_pid"]}, replaced by pid {k["new_worker_pid"]}) at {k["killed_at_s"]} s of
 {args.kill_seconds:g} s: {k["failed_after_kill"]} requests failed, answers succeeded again {k["seconds_to_recover"]} s
 after the kill, the slowest request in flight at the kill took {k["slowest_request_across_kill_s"]} s,
-{k["hung_clients"]} hung client connections, {k["answered_after_kill"]} answered after the kill;
+{"a client hung" if k["hung"] else "no client hung"}, {k["answered_after_kill"]} answered after the kill;
 statuses {k["statuses"]}.
 """
     write_report(ROOT / args.out, report, text)
@@ -225,8 +190,7 @@ statuses {k["statuses"]}.
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(_parse(argv))
-    return 0
+    return cli(run, _parse, argv)
 
 
 if __name__ == "__main__":
