@@ -3,10 +3,11 @@
     python -m bench.profile_service [--concurrency 16] [--seconds 10]
 
 Serves the digits-sized model of `bench.serve_load`, loads it with closed-loop clients, and records
-every server process (the arbiter, the classifier worker, the inference worker) with `py-spy record`
-at the same time. Prints, per process, the functions holding the most samples (inclusive, so a
-caller counts its callees) and writes the collapsed stacks to bench/results/profile-<pid>.txt
-(flame-graph input).
+every server process (the arbiter and the workers) with `py-spy record --threads` at the same time.
+Prints, per process, the samples of each thread (the event loop is `MainThread`, decoding runs on
+`asyncio_*`, session calls on `onnxruntime_0`) and the functions holding the most samples (inclusive,
+so a caller counts its callees), and writes the collapsed stacks to bench/results/profile-<pid>.txt
+(flame-graph input; the first frame of each stack names its thread).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def top_functions(collapsed: str, top: int) -> tuple[int, list[tuple[str, int]]]
         total += n
         for frame in set(stack.split(";")):
             inclusive[frame] += n
-    return total, inclusive.most_common(top)
+    threads = [(f, n) for f, n in inclusive.most_common() if f.startswith("thread (")]
+    return total, threads + [(f, n) for f, n in inclusive.most_common(top) if not f.startswith("thread (")]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> None:
         for p in procs:
             path = out / f"profile-{p.pid}.txt"
             record = [spy, "record", "--pid", str(p.pid), "--duration", str(int(args.seconds)), "--format", "raw",
-                      "--output", str(path), "--nonblocking", *(["--idle"] if args.idle else [])]  # fmt: skip
+                      "--output", str(path), "--nonblocking", "--threads",
+                      *(["--idle"] if args.idle else [])]  # fmt: skip
             recorders.append((p, path, subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         for _, _, r in recorders:
             r.wait()

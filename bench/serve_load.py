@@ -53,10 +53,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
     p.add_argument("--client-processes", type=int, default=2)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="service worker processes, one run each")
     p.add_argument("--no-ensemble", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--max-latency-ms", type=int, default=60000, help="BentoML's shedding bound in serving.yaml")
+    p.add_argument("--max-latency-ms", type=int, default=60000, help="the shedding bound in serving.yaml")
+    p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--work", default="runs/serve_load", help="models, store and logs")
     p.add_argument("--out", default="bench/results/serve_load")
     p.add_argument("--quick", action="store_true", help="a short run for `make bench`")
@@ -233,28 +235,28 @@ def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str,
     result: dict[str, Any] = {"model": name, **MODELS[name]}
     result["ceiling"] = ceiling(graphs[name], images, args.device, seconds=1.5 if args.quick else 4.0)
     print(f"{name}: ceiling {json.dumps(result['ceiling'])}", flush=True)
-    serving = work / f"serving-{name}.yaml"
-    serving.write_text(
-        f"device: {args.device}\ndefault_model: {name}\nmodels: [{name}, {name}-b]\n"
-        f"ensembles:\n  pair: {{members: [{name}, {name}-b], voting: soft}}\n"
-        f"batching: {{max_batch_size: 64, max_latency_ms: {args.max_latency_ms}}}\n"
-    )
     single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": name})) for img in images]
     pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
-    serve_env = {**env, "SERVING_CONFIG": str(serving)}
-    if not args.no_ensemble:
-        # a server of its own: after a burst BentoML's adaptive batching keeps a longer wait for a while,
-        # so levels that follow other traffic on the same server measure that traffic too
-        with server(SERVE, serve_env, work / f"serve-{name}-ensemble.log", "/readyz") as (url, proc):
-            result["ensemble"] = load_levels(url, proc, pair, args, f"service /ensemble {name} x2")
-    with server(SERVE, serve_env, work / f"serve-{name}.log", "/readyz") as (url, proc):
-        result["service"] = load_levels(url, proc, single, args, f"service /classify {name}")
-        best = max(r["requests_per_s"] for r in result["service"])
-        open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
-                               processes=args.client_processes)  # fmt: skip
-        result["open_loop"] = open_row
-        print(f"{'open loop at half max':>28} {open_row['rate']:.1f}/s  p50 {open_row['p50_ms']} ms  "
-              f"p99 {open_row['p99_ms']} ms  errors {open_row['errors']}", flush=True)  # fmt: skip
+    result["service"], result["ensemble"], result["open_loop"] = [], [], {}
+    for workers in args.workers:
+        serving = work / f"serving-{name}-w{workers}.yaml"
+        serving.write_text(
+            f"device: {args.device}\ndefault_model: {name}\nmodels: [{name}, {name}-b]\nworkers: {workers}\n"
+            f"ensembles:\n  pair: {{members: [{name}, {name}-b], voting: soft}}\n"
+            f"batching: {{max_batch_size: {args.max_batch_size}, max_latency_ms: {args.max_latency_ms}}}\n"
+        )
+        serve_env = {**env, "SERVING_CONFIG": str(serving)}
+        with server(SERVE, serve_env, work / f"serve-{name}-w{workers}.log", "/readyz") as (url, proc):
+            rows = load_levels(url, proc, single, args, f"service /classify w{workers} {name}")
+            result["service"] += rows
+            best = max(r["requests_per_s"] for r in rows)
+            open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
+                                   processes=args.client_processes)  # fmt: skip
+            result["open_loop"][f"w{workers}"] = open_row
+            print(f"{'open loop at half max':>28} {open_row['rate']:.1f}/s  p50 {open_row['p50_ms']} ms  "
+                  f"p99 {open_row['p99_ms']} ms  errors {open_row['errors']}", flush=True)  # fmt: skip
+            if not args.no_ensemble:
+                result["ensemble"] += load_levels(url, proc, pair, args, f"service /ensemble x2 w{workers} {name}")
     if not args.no_fastapi:
         fastapi_cmd = [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host", "127.0.0.1",
                        "--port", "{port}", "--log-level", "warning"]  # fmt: skip
@@ -288,14 +290,23 @@ def markdown(report: dict[str, Any]) -> str:
               "service / (b) | FastAPI best | service / FastAPI | open loop p50 / p99 ms at half max |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for m in report["models"]:
-        c, s, f = m["ceiling"], _best(m["service"]), _best(m.get("fastapi", []))
-        o = m["open_loop"]
-        lines.append(
-            f"| {m['model']} | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
-            f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
-            f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
-        )
+        c, f = m["ceiling"], _best(m.get("fastapi", []))
+        for workers, o in m["open_loop"].items():
+            s = _best([r for r in m["service"] if f" {workers} " in r["target"]])
+            lines.append(
+                f"| {m['model']} ({workers}) | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
+                f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
+                f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _by_target(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by what was loaded ("service /classify w2 digits" -> "service /classify w2")."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["target"].rsplit(" ", 1)[0], []).append(r)
+    return groups
 
 
 def plots(report: dict[str, Any], out: Path) -> None:
@@ -308,9 +319,8 @@ def plots(report: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
         for key, style in (("service", "o-"), ("ensemble", "s--"), ("fastapi", "^-")):
-            rows = m.get(key, [])
-            if rows:
-                ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], style, label=key)
+            for target, rows in _by_target(m.get(key, [])).items():
+                ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], style, label=target)
         ax.axhline(m["ceiling"]["decode_and_model_images_per_s"], color="grey", ls=":", label="ceiling (b)")
         ax.axhline(m["ceiling"]["model_only_images_per_s"], color="black", ls=":", label="ceiling (a)")
         ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=m["model"])
@@ -321,12 +331,11 @@ def plots(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
-        for key, color in (("service", "tab:blue"), ("fastapi", "tab:green")):
-            rows = m.get(key, [])
-            if rows:
-                c = [r["concurrency"] for r in rows]
-                ax.plot(c, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{key} p50")
-                ax.plot(c, [r["p99_ms"] for r in rows], "o--", color=color, label=f"{key} p99")
+        targets = {**_by_target(m.get("service", [])), **_by_target(m.get("fastapi", []))}
+        for (target, rows), color in zip(targets.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green")):
+            c = [r["concurrency"] for r in rows]
+            ax.plot(c, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{target} p50")
+            ax.plot(c, [r["p99_ms"] for r in rows], "o--", color=color, label=f"{target} p99")
         ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=m["model"])
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -343,7 +352,8 @@ def run(args: argparse.Namespace) -> None:
     images = photos()
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
                 f"processes; one photo per request ({len(images)} photos, 500x375 JPEG/PNG); device {args.device}; "
-                f"max_latency_ms {args.max_latency_ms}.")  # fmt: skip
+                f"max_batch_size {args.max_batch_size}, max_latency_ms {args.max_latency_ms}; "
+                f"service workers {args.workers} (wN in the table).")  # fmt: skip
     machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores"
     report = {"machine": machine, "settings": settings, "models": []}
     for name in args.models:

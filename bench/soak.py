@@ -8,7 +8,7 @@ On the digits-sized model of `bench.serve_load` (random weights) behind `bentoml
      whose header claims 8000x8000 pixels, zero bytes). Every good answer must carry the label the graph
      gives in-process, every bad one its 4xx. The p99 of good requests is compared with the clean run,
      and resident memory with its level after the clean run;
-  3. kill: under load, the inference worker process is killed (SIGKILL). The report counts the requests
+  3. kill: under load, a worker process of the service is killed (SIGKILL). The report counts the requests
      that failed, the seconds until answers succeed again, and whether any client connection hung.
 Writes bench/results/soak.{json,md}.
 """
@@ -84,33 +84,33 @@ def rss_bytes(proc) -> int:
     return total
 
 
-def inference_worker(proc) -> int:
-    """PID of the worker process that runs the `inference` service (`--service-name inference`)."""
+def service_worker(proc) -> int:
+    """PID of a worker process of the service (`--service-name classifier`), not the arbiter."""
     import psutil
 
     for p in process_tree(proc)[1:]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "inference" in p.cmdline():
+            if "classifier" in p.cmdline():
                 return p.pid
-    raise RuntimeError("no inference worker process found under the server")
+    raise RuntimeError("no service worker process found under the server")
 
 
 def kill_run(url: str, proc, good: list[loadgen.Request], seconds: float, clients: int, processes: int) -> dict:
-    """Closed-loop load with a timeline; the inference worker is killed a third of the way in."""
+    """Closed-loop load with a timeline; a service worker is killed a third of the way in."""
     result: dict[str, Any] = {}
     load = threading.Thread(target=lambda: result.update(loadgen.run(
         url, good, concurrency=clients, duration=seconds, warmup=0.0, processes=processes, timeline=True)),
         daemon=True)  # fmt: skip
     load.start()
     time.sleep(0.5 + seconds / 3)  # loadgen starts its clock 0.5 s after the call
-    victim = inference_worker(proc)
+    victim = service_worker(proc)
     killed_at = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     load.join(timeout=seconds + 360)  # beyond loadgen's 300-s request timeout: a client that hangs
     if load.is_alive():
         return {"killed_pid": victim, "hung": True}
     try:
-        replacement = inference_worker(proc)
+        replacement = service_worker(proc)
     except RuntimeError:
         replacement = None
     timeline = result["timeline"]

@@ -32,14 +32,22 @@ class Limits:
     max_image_pixels: int = 40_000_000
 
 
+# max_batch_size: images in one session call. max_latency_ms: a request that waits longer than this for
+# its batch to start is refused with 503. max_wait_ms: how long a free model waits for requests still
+# being decoded before it runs the ones it has (service/batcher.py).
+BATCHING = {"max_batch_size": 64, "max_latency_ms": 50, "max_wait_ms": 10.0}
+
+
 @dataclass
 class ServingConfig:
     models: list[str]
     default_model: str
     device: str = "auto"
     ensembles: dict[str, Ensemble] = field(default_factory=dict)
-    max_batch_size: int = 64
-    max_latency_ms: int = 50
+    max_batch_size: int = BATCHING["max_batch_size"]
+    max_latency_ms: int = BATCHING["max_latency_ms"]
+    max_wait_ms: float = BATCHING["max_wait_ms"]
+    workers: int = 1
     limits: Limits = field(default_factory=Limits)
 
 
@@ -55,7 +63,7 @@ def _expect(value: Any, kind: type | tuple, what: str) -> Any:
 
 
 def parse(raw: dict[str, Any]) -> ServingConfig:
-    known = {"device", "default_model", "models", "ensembles", "batching", "limits"}
+    known = {"device", "default_model", "models", "ensembles", "batching", "limits", "workers"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown serving.yaml keys {sorted(unknown)}; valid: {sorted(known)}")
@@ -68,6 +76,9 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    workers = raw.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
     default = str(raw.get("default_model", names[0]))
     if default not in names:
         raise ConfigError(f"default_model '{default}' is not one of models {names}")
@@ -90,6 +101,12 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
             raise ConfigError(f"ensembles.{name} uses weighted voting but has no weights")
         ensembles[str(name)] = Ensemble(members, voting, [float(w) for w in weights] if weights else None)
     batching = raw.get("batching") or {}
+    unknown_batching = set(batching) - set(BATCHING)
+    if unknown_batching:
+        raise ConfigError(f"unknown batching keys {sorted(unknown_batching)}; valid: {list(BATCHING)}")
+    batching = {**BATCHING, **batching}
+    if int(batching["max_batch_size"]) < 1 or float(batching["max_wait_ms"]) < 0:
+        raise ConfigError("batching.max_batch_size must be at least 1 and batching.max_wait_ms at least 0")
     limits = raw.get("limits") or {}
     unknown_limits = set(limits) - set(Limits.__dataclass_fields__)
     if unknown_limits:
@@ -99,8 +116,10 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         default_model=default,
         device=device,
         ensembles=ensembles,
-        max_batch_size=int(batching.get("max_batch_size", 64)),
-        max_latency_ms=int(batching.get("max_latency_ms", 50)),
+        max_batch_size=int(batching["max_batch_size"]),
+        max_latency_ms=int(batching["max_latency_ms"]),
+        max_wait_ms=float(batching["max_wait_ms"]),
+        workers=workers,
         limits=Limits(**{k: int(v) for k, v in limits.items()}),
     )
 

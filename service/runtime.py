@@ -33,9 +33,11 @@ def providers_for(device: str) -> list[str]:
 class Graph:
     """One ONNX file with its metadata and a session; `run` takes a whole batch in one call."""
 
-    def __init__(self, path: str | Path, device: str):
+    def __init__(self, path: str | Path, device: str, cpu_threads: int = 0):
+        """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: its default, one per core)."""
         self.path = Path(path)
         options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads
         # ONNX Runtime's intra-op threads spin-wait between calls by default, taking the cores that the
         # threads decoding uploads need: on 2 cores, turning it off took the service at one client from
         # 1.83 to 1.09 cores busy and raised its throughput by 10-23% at 16-64 clients (bench/README.md)

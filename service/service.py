@@ -4,31 +4,35 @@
     SERVING_CONFIG=other.yaml bentoml serve
     curl -F images=@digit.png http://localhost:3000/classify
 
-Two services: `Classifier` takes HTTP requests, decodes and resizes uploads in threads off the event
-loop, and calls `Inference.infer`, a batchable API. BentoML's dispatcher merges concurrent calls into
-one list, and `infer` runs one ONNX Runtime call per model on it (adaptive batching only happens across
-that service boundary, not when a method calls a batchable method of its own object).
+One process: `Classifier` takes HTTP requests, decodes and resizes uploads in threads off the event
+loop, and hands the pixels to one `Batcher` per model (service/batcher.py), which merges concurrent
+requests into one ONNX Runtime call on a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import os
 import sys
-import time
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aiohttp
 import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from export import metadata
 from export.metadata import MODEL_FILE
 from service import config as serving_config
+from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode
 from service.runtime import Graph
+from service.upload import Upload, read
 from service.voting import vote
 
 try:
@@ -50,7 +54,6 @@ INFERENCE_SECONDS = bentoml.metrics.Histogram(
     labelnames=["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-RETRIES = 3  # of an inference call whose connection broke (see `Classifier._infer`)
 REQUESTS = bentoml.metrics.Counter(
     name="model_requests", documentation="Classification requests per model or ensemble", labelnames=["model"]
 )
@@ -79,73 +82,59 @@ class EnsembleClassification(Prediction):
     members: list[MemberAnswer]
 
 
-def _inference_class() -> type:
-    """`Inference` with one BentoModel attribute per served model, so `bentoml build` packs them."""
-    attrs: dict[str, t.Any] = {f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(CONFIG.models)}
-
-    def __init__(self) -> None:
-        self.graphs = {}
-        for i, (tag, name) in enumerate(zip(CONFIG.models, NAMES)):
-            ref = attrs[f"model_{i}"]
-            stored = ref.stored
-            if stored is None:
-                raise RuntimeError(f"model '{tag}' is not in the BentoML model store; export it with --store {name}")
-            path = Path(stored.path_of(MODEL_FILE))
-            try:
-                self.graphs[name] = Graph(path, CONFIG.device)
-            except Exception as e:
-                raise RuntimeError(f"cannot load model '{stored.tag}' from {path}: {e}") from e
-
-    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
-    def infer(self, items: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
-        """items: {"models": [names], "pixels": uint8 [H, W, 3]} -> {name: probabilities [C]} each.
-        All items that need a model go through it in one session call."""
-        results: list[dict[str, t.Any]] = [{} for _ in items]
-        for name in NAMES:
-            wanted = [i for i, item in enumerate(items) if name in item["models"]]
-            if not wanted:
-                continue
-            pixels = np.stack([items[i]["pixels"] for i in wanted])
-            start = time.perf_counter()
-            probabilities = self.graphs[name].run(pixels)["probabilities"]
-            INFERENCE_SECONDS.labels(model=name).observe(time.perf_counter() - start)
-            BATCH_IMAGES.labels(model=name).observe(len(wanted))
-            for row, i in enumerate(wanted):
-                results[i][name] = probabilities[row]
-        return results
-
-    attrs.update(__init__=__init__, infer=infer)
-    resources = {"gpu": 1} if CONFIG.device == "cuda" else {}
-    return bentoml.service(name="inference", workers=1, resources=resources)(type("Inference", (), attrs))
-
-
-Inference = _inference_class()
-
-
 def _error(e: InputError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+def _answer(out: list[BaseModel]) -> JSONResponse:
+    """The answers as one JSON response. The endpoints' return annotations still document them in the
+    OpenAPI schema, but returning a Response skips BentoML's output path, which builds the output type's
+    JSON schema on every response (11% of the event loop under load in the py-spy profile) and sends
+    the body in pieces through each middleware."""
+    return JSONResponse([o.model_dump() for o in out])
 
 
 def _ranked(labels: list[str], scores: np.ndarray, order: np.ndarray, k: int) -> list[Prediction]:
     return [Prediction(label=labels[j], index=int(j), probability=float(scores[j])) for j in order[:k]]
 
 
-@bentoml.service(name="classifier", workers=1, traffic={"timeout": 60})
-class Classifier:
-    inference = bentoml.depends(Inference)
+# One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
+MODEL_REFS = [bentoml.models.BentoModel(tag) for tag in CONFIG.models]
+_StoredModels = type("_StoredModels", (), {f"model_{i}": ref for i, ref in enumerate(MODEL_REFS)})
 
+
+def _stored(i: int) -> bentoml.Model:
+    stored = MODEL_REFS[i].stored
+    if stored is None:
+        raise RuntimeError(
+            f"model '{CONFIG.models[i]}' is not in the BentoML model store; export it with --store {NAMES[i]}"
+        )
+    return stored
+
+
+@bentoml.service(
+    name="classifier",
+    workers=CONFIG.workers,
+    traffic={"timeout": 60},
+    resources={"gpu": 1} if CONFIG.device == "cuda" else {},
+)
+class Classifier(_StoredModels):
     def __init__(self) -> None:
-        # the model store entry's metadata (written by `python -m export --store`) says what each model
-        # expects; the dependency's endpoints are not callable yet while services start
-        self.models, self.preprocess = {}, {}
-        for tag, name in zip(CONFIG.models, NAMES):
-            try:
-                stored = bentoml.models.get(tag)
-            except bentoml.exceptions.NotFound:
-                raise RuntimeError(
-                    f"model '{tag}' is not in the BentoML model store; export it with --store {name}"
-                ) from None
+        # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one
+        # call, and calls that overlap would only compete for them
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.models, self.preprocess, self.batchers = {}, {}, {}
+        # several workers share the cores: each session gets its share of them on the CPU provider
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // CONFIG.workers) if CONFIG.workers > 1 else 0
+        for i, name in enumerate(NAMES):
+            # the model store entry's metadata (written by `python -m export --store`) says what it expects
+            stored = _stored(i)
             meta = stored.info.metadata
+            path = Path(stored.path_of(MODEL_FILE))
+            try:
+                graph = Graph(path, CONFIG.device, cpu_threads)
+            except Exception as e:
+                raise RuntimeError(f"cannot load model '{stored.tag}' from {path}: {e}") from e
             self.models[name] = {
                 "tag": str(stored.tag),
                 "arch": meta["arch"],
@@ -157,40 +146,50 @@ class Classifier:
                 "metrics": meta.get("metrics", {}),
             }
             self.preprocess[name] = metadata.preprocess_of(meta)
+            self.batchers[name] = Batcher(
+                lambda pixels, graph=graph: graph.run(pixels)["probabilities"],
+                executor,
+                CONFIG.max_batch_size,
+                CONFIG.max_latency_ms,
+                CONFIG.max_wait_ms,
+                observe=lambda images, seconds, name=name: (
+                    BATCH_IMAGES.labels(model=name).observe(images),
+                    INFERENCE_SECONDS.labels(model=name).observe(seconds),
+                ),
+            )
         self.limits = CONFIG.limits
+        # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
+        # for the life of the process; left in the collector's oldest generation, each full collection
+        # walked all of it and stalled the event loop for ~150 ms (measured with gc.callbacks), which set
+        # the open-loop p99 at half the maximum rate (bench/README.md)
+        gc.freeze()
 
-    async def _pixels(self, images: list[Path], model: str) -> list[np.ndarray]:
+    async def _pixels(self, images: list[UploadFile], model: str) -> list[np.ndarray]:
         if not images:
             raise InputError(400, "no images: send one or more files in the multipart field 'images'")
         if len(images) > self.limits.max_images_per_request:
             raise InputError(413, f"{len(images)} images; the limit is {self.limits.max_images_per_request} a request")
         preprocess = self.preprocess[model]
 
-        def one(i: int, path: Path) -> np.ndarray:
-            size = path.stat().st_size
-            if size > self.limits.max_image_bytes:  # refuse before reading it into memory
-                raise InputError(413, f"image {i} is {size} bytes; the limit is {self.limits.max_image_bytes}")
-            return decode(path.read_bytes(), i, self.limits, preprocess)
+        def one(i: int, upload: UploadFile) -> np.ndarray:
+            return decode(read(upload, i, self.limits.max_image_bytes), i, self.limits, preprocess)
 
         # PIL releases the GIL while decoding and resizing: threads use every core, off the event loop
         return list(await asyncio.gather(*(asyncio.to_thread(one, i, p) for i, p in enumerate(images))))
 
-    async def _infer(self, items: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
-        """`Inference.infer`, sent again when the connection to the inference worker breaks before an answer.
-
-        BentoML's client keeps idle connections to a dependency for 15 s (aiohttp's default) while its
-        uvicorn closes them after 5 s, so under changing load a request can go out on a connection the
-        worker is closing: it fails before the worker reads it (measured: 187 of 2,882 requests got a 500
-        in one `bench.serve_load` run). Inference has no side effects, so sending it again is safe.
-        """
-        for attempt in range(RETRIES + 1):
-            try:
-                return await self.inference.to_async.infer(items)
-            except aiohttp.ClientConnectionError:
-                if attempt == RETRIES:
-                    raise
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
+    async def _probabilities(self, images: list[UploadFile], models: list[str]) -> list[np.ndarray]:
+        """float32 [N, C] per model: the uploads decoded once (members of an ensemble share their input
+        geometry) and run through each model, batched with other requests."""
+        batchers = [self.batchers[m] for m in models]
+        with contextlib.ExitStack() as announced:  # the models wait for these images while they decode
+            for batcher in batchers:
+                announced.enter_context(batcher.incoming())
+            pixels = np.stack(await self._pixels(images, models[0]))
+            futures = [batcher.submit(pixels) for batcher in batchers]
+        try:
+            return list(await asyncio.gather(*futures))
+        except Overloaded as e:
+            raise InputError(503, f"overloaded: {e}") from None
 
     def _check_top_k(self, top_k: int, classes: int) -> int:
         if top_k < 1:
@@ -199,7 +198,7 @@ class Classifier:
 
     @bentoml.api(route="/classify")
     async def classify(
-        self, images: list[Path], top_k: int = 5, model: str = CONFIG.default_model
+        self, images: list[Upload], top_k: int = 5, model: str = CONFIG.default_model
     ) -> list[Classification]:
         """Classify each uploaded image with one model."""
         try:
@@ -207,23 +206,21 @@ class Classifier:
                 raise InputError(404, f"unknown model '{model}'; served models: {', '.join(NAMES)}")
             labels = self.models[model]["labels"]
             k = self._check_top_k(top_k, len(labels))
-            pixels = await self._pixels(images, model)
+            [probabilities] = await self._probabilities(images, [model])
         except InputError as e:
             return _error(e)
         REQUESTS.labels(model=model).inc()
-        answers = await self._infer([{"models": [model], "pixels": p} for p in pixels])
         out = []
-        for answer in answers:
-            probs = np.asarray(answer[model])
+        for probs in probabilities:
             order = np.argsort(-probs, kind="stable")
             best = int(order[0])
             out.append(Classification(label=labels[best], index=best, probability=float(probs[best]),
                                       top_k=_ranked(labels, probs, order, k), model=model))  # fmt: skip
-        return out
+        return _answer(out)
 
     @bentoml.api(route="/ensemble")
     async def ensemble(
-        self, images: list[Path], ensemble: str = "default", voting: str = "", top_k: int = 5
+        self, images: list[Upload], ensemble: str = "default", voting: str = "", top_k: int = 5
     ) -> list[EnsembleClassification]:
         """Classify each image with every member of an ensemble and vote (soft, weighted or hard)."""
         try:
@@ -238,13 +235,10 @@ class Classifier:
                 raise InputError(400, f"ensemble '{ensemble}' has no weights in serving.yaml; use soft or hard")
             labels = self.models[spec.members[0]]["labels"]
             k = self._check_top_k(top_k, len(labels))
-            # members share labels and input geometry, so one decode serves them all
-            pixels = await self._pixels(images, spec.members[0])
+            members = np.stack(await self._probabilities(images, spec.members))  # [M, N, C]
         except InputError as e:
             return _error(e)
         REQUESTS.labels(model=f"ensemble:{ensemble}").inc()
-        answers = await self._infer([{"models": spec.members, "pixels": p} for p in pixels])
-        members = np.stack([[np.asarray(a[m]) for a in answers] for m in spec.members])  # [M, N, C]
         result = vote(members, voting, np.asarray(spec.weights) if spec.weights else None)
         out = []
         for n in range(members.shape[1]):
@@ -260,7 +254,7 @@ class Classifier:
                 votes={labels[j]: int(v) for j, v in enumerate(result.votes[n]) if v},
                 top_k=_ranked(labels, result.scores[n], result.order[n], k), members=member_answers,
             ))  # fmt: skip
-        return out
+        return _answer(out)
 
     @bentoml.api(route="/models")
     def list_models(self) -> dict[str, t.Any]:

@@ -281,7 +281,7 @@ def test_start_up_errors_are_clear(store, tmp_path):
 
 
 def test_a_corrupt_model_is_never_ready(store, tmp_path):
-    """The inference worker cannot load the graph: it logs why, and /readyz never reports ready."""
+    """The service worker cannot load the graph: it logs why, and /readyz never reports ready."""
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07 definitely not a protobuf graph")
     meta = {"labels": [str(i) for i in range(10)], "arch": "resnet18", "resize_size": 32, "crop_size": 32,

@@ -57,6 +57,8 @@ def test_config_parses_and_refuses_mistakes():
     cfg = parse(GOOD)
     assert cfg.models == ["a", "b:v1"] and cfg.ensembles["e"].members == ["a", "b"] and cfg.device == "auto"
     assert cfg.limits.max_images_per_request == 64 and cfg.max_latency_ms == 50
+    assert cfg.max_wait_ms == 10 and cfg.workers == 1
+    assert parse({**GOOD, "workers": 2, "batching": {"max_wait_ms": 0}}).workers == 2
     for raw, message in [
         ({**GOOD, "default_model": "c"}, "default_model 'c' is not one of models"),
         ({**GOOD, "device": "tpu"}, "device must be auto, cpu or cuda"),
@@ -65,6 +67,9 @@ def test_config_parses_and_refuses_mistakes():
         ({**GOOD, "ensembles": {"e": {"members": ["a", "b"], "weights": [1]}}}, "weights must be 2 non-negative"),
         ({**GOOD, "limits": {"max_images": 3}}, "unknown limits"),
         ({**GOOD, "modelz": []}, "unknown serving.yaml keys"),
+        ({**GOOD, "batching": {"max_wait": 5}}, "unknown batching keys \\['max_wait'\\]"),
+        ({**GOOD, "batching": {"max_batch_size": 0}}, "max_batch_size must be at least 1"),
+        ({**GOOD, "workers": 0}, "workers must be a whole number of at least 1"),
         ({"models": []}, "at least one model"),
     ]:
         with pytest.raises(ConfigError, match=message):

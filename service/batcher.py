@@ -1,0 +1,146 @@
+"""Adaptive batching inside the serving process: concurrent requests for one model share a session call.
+
+While a batch runs, new requests queue; when the model is free again, everything queued (up to
+`max_batch_size` images, whole requests only) goes in the next call. Requests announce themselves while
+their uploads are still being decoded (`incoming`), and a free model waits for those, up to
+`max_wait_ms`, before it runs what it has: on a small model decoding takes longer than inference, so
+without the wait every request would arrive to an idle model and run alone. A lone request (nothing
+else decoding) runs at once, and under load the batch grows with the traffic.
+
+Why here and not BentoML's dispatcher: BentoML batches only calls that cross a service boundary, that
+is a second worker process. On a 2-core machine that process's request path (an HTTP hop, pickling the
+pixels, its own event loop) took more CPU than the model (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import typing as t
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Overloaded(Exception):
+    """A request waited longer than `max_latency_ms` for its batch to start."""
+
+
+@dataclass
+class _Pending:
+    pixels: np.ndarray  # uint8 [n, H, W, 3]
+    future: asyncio.Future
+    queued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """`await batcher(pixels)` -> probabilities for those images, run in batches with other callers'.
+
+    run: the batched session call, uint8 [N, H, W, 3] -> float32 [N, C]; it runs on `executor`, so one
+    single-thread executor shared by every model keeps ONNX Runtime calls from competing for cores.
+    observe(images, seconds) is told the size and duration of each call (the /metrics histograms).
+
+        with batcher.incoming():          # while the request's uploads decode
+            pixels = await decode(...)
+            future = batcher.submit(pixels)
+        probabilities = await future
+    """
+
+    def __init__(
+        self,
+        run: t.Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        max_batch_size: int,
+        max_latency_ms: float,
+        max_wait_ms: float = 10.0,
+        observe: t.Callable[[int, float], None] = lambda images, seconds: None,
+    ):
+        self.run, self.executor, self.observe = run, executor, observe
+        self.max_batch_size, self.max_latency, self.max_wait = max_batch_size, max_latency_ms / 1000, max_wait_ms / 1000
+        self.queue: deque[_Pending] = deque()
+        self.worker: asyncio.Task | None = None
+        self.decoding = 0  # requests inside `incoming()` that have not submitted yet
+        self.changed = asyncio.Event()
+
+    @contextlib.contextmanager
+    def incoming(self) -> t.Iterator[None]:
+        """Marks a request on its way: a free model waits (up to max_wait_ms) for it to `submit`."""
+        self.decoding += 1
+        try:
+            yield
+        finally:
+            self.decoding -= 1
+            self.changed.set()
+
+    def submit(self, pixels: np.ndarray) -> asyncio.Future:
+        """Queues uint8 [n, H, W, 3]; the future gets float32 [n, C] (or Overloaded, or the session's error).
+        Not a coroutine, so that inside `incoming()` the request is queued before it stops counting as decoding."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append(_Pending(pixels, future))
+        self.changed.set()
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return future
+
+    async def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return await self.submit(pixels)
+
+    async def _gather(self) -> None:
+        """While requests are still decoding and the batch is not full, wait for them, up to max_wait
+        after the oldest queued request arrived."""
+        deadline = self.queue[0].queued + self.max_wait
+        while self.decoding and sum(len(p.pixels) for p in self.queue) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: queued requests in order while they fit; a request larger than the bound runs
+        alone rather than being split. Requests that waited past the latency bound are refused."""
+        batch: list[_Pending] = []
+        images = 0
+        now = time.perf_counter()
+        while self.queue:
+            head = self.queue[0]
+            if now - head.queued > self.max_latency:
+                self.queue.popleft()
+                if not head.future.done():
+                    head.future.set_exception(Overloaded(
+                        f"waited {1000 * (now - head.queued):.0f} ms for the model; the bound is "
+                        f"{1000 * self.max_latency:.0f} ms (batching.max_latency_ms)"
+                    ))  # fmt: skip
+                continue
+            if batch and images + len(head.pixels) > self.max_batch_size:
+                break
+            batch.append(self.queue.popleft())
+            images += len(head.pixels)
+        return [p for p in batch if not p.future.done()]  # a caller that went away needs no answer
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.queue:
+            await self._gather()
+            batch = self._take()
+            if not batch:
+                continue
+            pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([p.pixels for p in batch])
+            start = time.perf_counter()
+            try:
+                probabilities = await loop.run_in_executor(self.executor, self.run, pixels)
+            except Exception as e:  # the session failed: every caller in the batch gets the error
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self.observe(len(pixels), time.perf_counter() - start)
+            offset = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result(probabilities[offset : offset + len(p.pixels)])
+                offset += len(p.pixels)
