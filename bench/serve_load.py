@@ -54,6 +54,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
     p.add_argument("--client-processes", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="service worker processes, one run each")
+    p.add_argument("--fp16", action="store_true", help="also the model-only ceiling of each model's fp16 graph")
     p.add_argument("--no-ensemble", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -80,8 +81,9 @@ def photos() -> list[tuple[str, bytes]]:
     return out
 
 
-def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
-    """Random-weight checkpoints -> ONNX graphs -> model store entries `<name>` and `<name>-b` (another seed)."""
+def prepare_models(names: list[str], work: Path, fp16: bool = False) -> dict[str, Path]:
+    """Random-weight checkpoints -> ONNX graphs -> model store entries `<name>` and `<name>-b` (another seed);
+    with fp16, also `<name>-fp16`, the first one's float16 graph (for the model-only ceiling)."""
     import torch
 
     from export.graph import export_onnx
@@ -109,7 +111,28 @@ def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
                 marker.write_text(store_model(onnx_path, member, meta))
                 print(f"stored {marker.read_text()} ({spec['arch']}, {spec['crop_size']} px)", flush=True)
             graphs[member] = onnx_path
+        if fp16:
+            half = work / f"{name}-fp16.onnx"
+            if not half.exists():
+                source = work / f"{name}.pt"
+                export_onnx(ckpt.load(source), source, half, fp16=True)
+            graphs[f"{name}-fp16"] = half
     return graphs
+
+
+def model_only(graph, seconds: float) -> dict[int, float]:
+    """images/s of `Graph.run` (the service's own call, I/O binding included) at each batch size."""
+    crop = graph.meta["crop_size"]
+    per_batch = {}
+    for batch in (1, 8, 16, 32, 64):
+        pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+        graph.run(pixels)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            graph.run(pixels)
+            n += batch
+        per_batch[batch] = round(n / (time.perf_counter() - start), 1)
+    return per_batch
 
 
 def ceiling(path: Path, images: list[tuple[str, bytes]], device: str, seconds: float = 3.0) -> dict[str, Any]:
@@ -121,16 +144,7 @@ def ceiling(path: Path, images: list[tuple[str, bytes]], device: str, seconds: f
 
     graph = Graph(path, device)
     pre = metadata.preprocess_of(graph.meta)
-    crop = pre["crop_size"]
-    per_batch = {}
-    for batch in (1, 8, 16, 32, 64):
-        pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
-        graph.run(pixels)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 5:
-            graph.run(pixels)
-            n += batch
-        per_batch[batch] = round(n / (time.perf_counter() - start), 1)
+    per_batch = model_only(graph, seconds)
     best = max(per_batch, key=per_batch.get)
     limits = Limits()
     raw = [data for _, data in images]
@@ -234,6 +248,11 @@ def load_levels(url: str, proc, requests: list[loadgen.Request], args, label: st
 def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str, str], work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"model": name, **MODELS[name]}
     result["ceiling"] = ceiling(graphs[name], images, args.device, seconds=1.5 if args.quick else 4.0)
+    if args.fp16:
+        from service.runtime import Graph
+
+        half = Graph(graphs[f"{name}-fp16"], args.device)
+        result["ceiling"]["model_only_fp16_by_batch"] = model_only(half, seconds=1.5 if args.quick else 4.0)
     print(f"{name}: ceiling {json.dumps(result['ceiling'])}", flush=True)
     single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": name})) for img in images]
     pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
@@ -298,6 +317,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
                 f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
             )
+    batches = sorted({int(b) for m in report["models"] for b in m["ceiling"]["model_only_by_batch"]})
+    lines += ["", "Model only (`Graph.run`, I/O binding), images/s by batch size:", "",
+              "| model | precision | " + " | ".join(f"batch {b}" for b in batches) + " |",
+              "|---|---|" + "---:|" * len(batches)]  # fmt: skip
+    for m in report["models"]:
+        for precision, key in (("fp32", "model_only_by_batch"), ("fp16", "model_only_fp16_by_batch")):
+            if key in m["ceiling"]:
+                row = {int(b): v for b, v in m["ceiling"][key].items()}
+                cells = " | ".join(str(row.get(b, "-")) for b in batches)
+                lines.append(f"| {m['model']} | {precision} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,7 +377,7 @@ def run(args: argparse.Namespace) -> None:
     import platform
 
     work, env = store_env(args.work)
-    graphs = prepare_models(args.models, work)
+    graphs = prepare_models(args.models, work, fp16=args.fp16)
     images = photos()
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
                 f"processes; one photo per request ({len(images)} photos, 500x375 JPEG/PNG); device {args.device}; "

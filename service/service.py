@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from export import metadata
 from export.metadata import MODEL_FILE
 from service import config as serving_config
+from service import timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode
 from service.runtime import Graph
@@ -41,6 +42,7 @@ except serving_config.ConfigError as e:  # one clear line instead of a traceback
     print(f"error: serving config: {e}", file=sys.stderr)
     raise SystemExit(2) from None
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 BATCH_IMAGES = bentoml.metrics.Histogram(
     name="inference_batch_images",
@@ -146,16 +148,18 @@ class Classifier(_StoredModels):
                 "metrics": meta.get("metrics", {}),
             }
             self.preprocess[name] = metadata.preprocess_of(meta)
+
+            def observe(images: int, seconds: float, name: str = name) -> None:
+                BATCH_IMAGES.labels(model=name).observe(images)
+                INFERENCE_SECONDS.labels(model=name).observe(seconds)
+
             self.batchers[name] = Batcher(
                 lambda pixels, graph=graph: graph.run(pixels)["probabilities"],
                 executor,
                 CONFIG.max_batch_size,
                 CONFIG.max_latency_ms,
                 CONFIG.max_wait_ms,
-                observe=lambda images, seconds, name=name: (
-                    BATCH_IMAGES.labels(model=name).observe(images),
-                    INFERENCE_SECONDS.labels(model=name).observe(seconds),
-                ),
+                observe,
             )
         self.limits = CONFIG.limits
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
