@@ -352,7 +352,7 @@ def plots(report: dict[str, Any], out: Path) -> None:
                 ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], style, label=target)
         ax.axhline(m["ceiling"]["decode_and_model_images_per_s"], color="grey", ls=":", label="ceiling (b)")
         ax.axhline(m["ceiling"]["model_only_images_per_s"], color="black", ls=":", label="ceiling (a)")
-        ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=m["model"])
+        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="images/s", title=m["model"])
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -40,6 +40,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bad-share", type=float, default=0.2)
     p.add_argument("--kill-seconds", type=float, default=20.0, help="length of the worker-kill run")
     p.add_argument("--client-processes", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="service worker processes (serving.yaml workers)")
     p.add_argument("--work", default="runs/serve_load")
     p.add_argument("--out", default="bench/results/soak")
     return p.parse_args(argv)
@@ -152,7 +153,8 @@ def run(args: argparse.Namespace) -> None:
             mixed.append(good[i % len(good)])
     serving = work / "serving-soak.yaml"
     serving.write_text(
-        "default_model: digits\nmodels: [digits]\nbatching: {max_batch_size: 64, max_latency_ms: 60000}\n"
+        f"default_model: digits\nmodels: [digits]\nworkers: {args.workers}\n"
+        "batching: {max_batch_size: 64, max_latency_ms: 60000}\n"
     )
     report: dict[str, Any] = {"settings": vars(args) | {"work": str(work)}}
     with server(SERVE, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-soak.log", "/readyz") as (url, proc):
@@ -168,7 +170,8 @@ def run(args: argparse.Namespace) -> None:
     c, f, k = report["clean"], report["faulty"], report["kill"]
     text = f"""# Soak
 
-{args.concurrency} clients, {args.duration:g} s per run, {args.bad_share:.0%} bad requests in the faulty run.
+{args.concurrency} clients, {args.duration:g} s per run, {args.bad_share:.0%} bad requests in the faulty run,
+{args.workers} service worker(s).
 
 | run | requests | good img/s | p50 ms | p99 ms | unexpected answers | statuses |
 |---|---:|---:|---:|---:|---:|---|
