@@ -126,7 +126,7 @@ def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_pat
     out = tmp_path / "bag"
     result = run_cli(
         "bag", "--config", DIGITS_RECIPE, "--members", 3, "--bootstrap", "--out", out, "--set",
-        f"data.root={digits_root}", "data.limit=400", "data.batch_size=32", "train.epochs=3",
+        f"data.root={digits_root}", "data.limit=400", "data.batch_size=32", "train.epochs=2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
