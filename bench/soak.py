@@ -85,15 +85,18 @@ def rss_bytes(proc) -> int:
     return total
 
 
-def service_worker(proc) -> int:
-    """PID of a worker process of the service (`--service-name classifier`), not the arbiter."""
+def service_workers(proc) -> list[int]:
+    """PIDs of the service's worker processes (`--service-name classifier`), not the arbiter."""
     import psutil
 
+    pids = []
     for p in process_tree(proc)[1:]:
         with contextlib.suppress(psutil.NoSuchProcess):
             if "classifier" in p.cmdline():
-                return p.pid
-    raise RuntimeError("no service worker process found under the server")
+                pids.append(p.pid)
+    if not pids:
+        raise RuntimeError("no service worker process found under the server")
+    return pids
 
 
 def kill_run(url: str, proc, good: list[loadgen.Request], seconds: float, clients: int, processes: int) -> dict:
@@ -104,14 +107,15 @@ def kill_run(url: str, proc, good: list[loadgen.Request], seconds: float, client
         daemon=True)  # fmt: skip
     load.start()
     time.sleep(0.5 + seconds / 3)  # loadgen starts its clock 0.5 s after the call
-    victim = service_worker(proc)
+    before = service_workers(proc)
+    victim = before[0]
     killed_at = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     load.join(timeout=seconds + 360)  # beyond loadgen's 300-s request timeout: a client that hangs
     if load.is_alive():
         return {"killed_pid": victim, "hung": True}
-    try:
-        replacement = service_worker(proc)
+    try:  # a new pid among the workers: with several, the others were there all along
+        replacement = next((pid for pid in service_workers(proc) if pid not in before), None)
     except RuntimeError:
         replacement = None
     timeline = result["timeline"]
