@@ -55,7 +55,7 @@ class Batcher:
         executor: Executor,
         max_batch_size: int,
         max_latency_ms: float,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float,
         observe: t.Callable[[int, float], None] = lambda images, seconds: None,
     ):
         self.run, self.executor, self.observe = run, executor, observe

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher, Overloaded
+from service.config import BATCHING
 
 
 class Model:
@@ -38,7 +39,8 @@ def images(value: int, n: int = 1) -> np.ndarray:
 
 
 def batcher(model: Model, **kw) -> Batcher:
-    return Batcher(model, ThreadPoolExecutor(1), kw.pop("max_batch_size", 64), kw.pop("max_latency_ms", 10_000), **kw)
+    settings = {**BATCHING, "max_latency_ms": 10_000, **kw}  # the service's defaults, but no shedding
+    return Batcher(model, ThreadPoolExecutor(1), **settings)
 
 
 def test_requests_that_queue_while_the_model_runs_share_the_next_call():
