@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "iters": args.iters,
         "warmup": args.warmup,
         "seed": SEED,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     header = f"{settings['device_name']} [{device}], onnxruntime {ort.__version__}, torch {torch.__version__}"
     print(f"device: {header}")

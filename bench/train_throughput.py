@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "num_classes": args.num_classes,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     header = f"{settings['device_name']} [{device}], torch {torch.__version__}"
     print(f"device: {header}")
