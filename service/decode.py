@@ -7,6 +7,7 @@ limits are checked before decoding, so a decompression bomb is refused from its 
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,17 @@ class InputError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+    def __reduce__(self) -> tuple:
+        # rebuilt with both arguments when it comes back from a decoding process (Exception's default
+        # pickling passes only `args`, the message)
+        return InputError, (self.status, self.message)
+
+
+def decoder_ready() -> int:
+    """Called once in each decoding process at start-up, so that it has imported this module (and PIL)
+    before the first request; returns the process id."""
+    return os.getpid()
 
 
 def decode(data: bytes, index: int, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:

@@ -1,14 +1,33 @@
-"""ONNX Runtime sessions for served graphs: the device choice, and one batched call per model."""
+"""ONNX Runtime sessions for served graphs: the device choice, fixed batch shapes, and one batched call.
+
+On the CUDA provider a session pays cuDNN's algorithm choice again whenever a call's input shape differs
+from its previous call's, not only the first time it sees a shape: measured on an H100 (ResNet-50,
+EXHAUSTIVE search), a second batch of 3 after a batch of 64 took 721 ms, and one session alternating
+batches of 8 and 64 took 89-107 ms a call, where one session per size took 3 ms and 14 ms. So on a GPU
+every call runs at one of a few fixed batch sizes, a batch is padded up to the next one, and each size
+has a session of its own that only ever sees that shape. `warm()` makes each session's first call (the
+algorithm search, or the CUDA graph capture) at start-up, before the service reports ready.
+"""
 
 from __future__ import annotations
 
 import glob
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from export import metadata
+from service.config import CudaOptions
+
+logger = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+# the axis that holds the images in each output a graph may have (an ensemble graph's member_probabilities
+# is [members, N, classes]); every other output is batch-first
+BATCH_AXIS = {"member_probabilities": 1}
 
 
 class DeviceError(Exception):
@@ -21,42 +40,168 @@ def gpu_present() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def providers_for(device: str) -> list[str]:
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+def uses_gpu(device: str) -> bool:
+    """Whether `device` (auto | cpu | cuda) runs on the CUDA provider here; cuda that cannot is an error."""
+    cuda = CUDA in ort.get_available_providers()
     if device == "cuda" and not cuda:
         raise DeviceError("device: cuda, but this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    if device == "cuda" or (device == "auto" and cuda and gpu_present()):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    return device == "cuda" or (device == "auto" and cuda and gpu_present())
+
+
+def cuda_provider_options(cuda: CudaOptions) -> dict[str, str]:
+    return {
+        "cudnn_conv_algo_search": cuda.cudnn_conv_algo_search,
+        "prefer_nhwc": str(int(cuda.prefer_nhwc)),
+        "enable_cuda_graph": str(int(cuda.cuda_graph)),
+    }
+
+
+_preloaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (`onnxruntime-gpu[cuda,cudnn]`) before the first CUDA
+    session, so a machine with only the NVIDIA driver needs no CUDA toolkit; where the libraries are not
+    installed as wheels, ONNX Runtime's loader falls back to the system's library path."""
+    global _preloaded
+    if not _preloaded and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    _preloaded = True
 
 
 class Graph:
-    """One ONNX file with its metadata and a session; `run` takes a whole batch in one call."""
+    """One ONNX file with its metadata and sessions; `run` takes a whole batch.
 
-    def __init__(self, path: str | Path, device: str, cpu_threads: int = 0):
+    sizes: the batch sizes a session call runs at (ascending), or None to run every batch as it comes. A
+    batch is padded with black images up to the next size and the padding's rows are cut from every
+    output; a batch larger than the largest size runs in chunks of that size.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str,
+        cpu_threads: int = 0,
+        sizes: list[int] | None = None,
+        cuda: CudaOptions | None = None,
+    ):
         """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: its default, one per core)."""
         self.path = Path(path)
+        self.on_gpu = uses_gpu(device)
+        self.sizes = sorted(sizes) if sizes else None
+        cuda = cuda or CudaOptions()
+        if cuda.cuda_graph and self.on_gpu and not self.sizes:
+            raise DeviceError("cuda.cuda_graph needs fixed batch sizes (batching.sizes)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads
         # ONNX Runtime's intra-op threads spin-wait between calls by default, taking the cores that the
         # threads decoding uploads need: on 2 cores, turning it off took the service at one client from
         # 1.83 to 1.09 cores busy and raised its throughput by 10-23% at 16-64 clients (bench/README.md)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers_for(device))
-        active = self.session.get_providers()
-        if device == "cuda" and active[0] != "CUDAExecutionProvider":
-            # ONNX Runtime silently falls back to the CPU when CUDA cannot be initialised
-            raise DeviceError(f"device: cuda, but ONNX Runtime runs {self.path.name} on {active[0]} (no usable GPU)")
-        self.provider = active[0]
-        self.meta = metadata.decode(self.session.get_modelmeta().custom_metadata_map)
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        if self.on_gpu:
+            preload_cuda_libraries()
+            providers: list[Any] = [(CUDA, cuda_provider_options(cuda)), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+
+        def session() -> ort.InferenceSession:
+            s = ort.InferenceSession(str(self.path), options, providers=providers)
+            if self.on_gpu and s.get_providers()[0] != CUDA:
+                # ONNX Runtime silently falls back to the CPU when CUDA cannot be initialised
+                raise DeviceError(f"device: {device}, but ONNX Runtime runs {self.path.name} on the CPU (no GPU)")
+            return s
+
+        first = session()
+        self.provider = first.get_providers()[0]
+        self.meta = metadata.decode(first.get_modelmeta().custom_metadata_map)
+        self.outputs = [o.name for o in first.get_outputs()]
+        crop = int(self.meta["crop_size"])
+        self.input_shape = (crop, crop, 3)
+        # a session per size on the GPU (each sees one shape); on the CPU a new shape costs nothing, so one
+        # session serves every size and the weights are held once
+        self.calls: dict[int, _Call] = {}
+        for i, size in enumerate(self.sizes or []):
+            s = first if i == 0 or not self.on_gpu else session()
+            self.calls[size] = _Captured(s, size, self.input_shape) if cuda.cuda_graph and self.on_gpu else _Call(s)
+        self.any_size = _Call(first)
+
+    def run_size(self, images: int) -> int:
+        """Images a session runs for a batch of `images`, padding included."""
+        if not self.sizes:
+            return images
+        largest = self.sizes[-1]
+        full, rest = divmod(images, largest)
+        return full * largest + (next(s for s in self.sizes if s >= rest) if rest else 0)
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, H, W, 3] -> outputs by name. I/O binding copies the batch to the device once and
-        the results back once; on the CPU provider it is the same code path at no extra cost."""
+        """uint8 [N, H, W, 3] -> outputs by name, N rows each (padding removed)."""
+        if not self.sizes:
+            return self.any_size(pixels)
+        largest = self.sizes[-1]
+        parts = [self._padded(pixels[i : i + largest]) for i in range(0, len(pixels), largest)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts], axis=BATCH_AXIS.get(name, 0)) for name in self.outputs}
+
+    def _padded(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(pixels)
+        size = next(s for s in self.sizes if s >= n)
+        if n < size:
+            pixels = np.concatenate([pixels, np.zeros((size - n, *pixels.shape[1:]), np.uint8)])
+        out = self.calls[size](pixels)
+        if n == size:
+            return out
+        return {name: np.take(v, range(n), axis=BATCH_AXIS.get(name, 0)) for name, v in out.items()}
+
+    def warm(self) -> dict[int, float]:
+        """Makes every fixed size's first calls now (cuDNN's algorithm search; the CUDA graph's capture,
+        which ONNX Runtime makes on a session's second run); returns the seconds each size took."""
+        seconds = {}
+        for size, call in self.calls.items():
+            pixels = np.zeros((size, *self.input_shape), np.uint8)
+            start = time.perf_counter()
+            for _ in range(3 if isinstance(call, _Captured) else 1):
+                call(pixels)
+            seconds[size] = time.perf_counter() - start
+        if seconds:
+            logger.info("%s: warmed batch sizes %s in %.2f s", self.path.name, list(seconds), sum(seconds.values()))
+        return seconds
+
+
+class _Call:
+    """A session call with I/O binding: the batch goes to the device once and the results come back once;
+    on the CPU provider it is the same code path at no extra cost."""
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()
         binding.bind_cpu_input("images", np.ascontiguousarray(pixels))
         for name in self.outputs:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
+
+
+class _Captured(_Call):
+    """A session that runs one batch size as a CUDA graph: ONNX Runtime replays the captured kernels, which
+    needs the input and output buffers at the same device addresses on every call, so they are allocated
+    and bound once and each call copies the batch into the input buffer."""
+
+    def __init__(self, session: ort.InferenceSession, size: int, input_shape: tuple[int, ...]):
+        super().__init__(session)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type((size, *input_shape), np.uint8, "cuda", 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input("images", self.input)
+        self.buffers = {}
+        for o in session.get_outputs():
+            shape = [d if isinstance(d, int) else size for d in o.shape]  # the one symbolic dimension is N
+            self.buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
+            self.binding.bind_ortvalue_output(o.name, self.buffers[o.name])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        self.input.update_inplace(np.ascontiguousarray(pixels))
+        self.session.run_with_iobinding(self.binding)
+        return {name: v.numpy() for name, v in self.buffers.items()}

@@ -4,9 +4,11 @@
     SERVING_CONFIG=other.yaml bentoml serve
     curl -F images=@digit.png http://localhost:3000/classify
 
-One process: `Classifier` takes HTTP requests, decodes and resizes uploads in threads off the event
-loop, and hands the pixels to one `Batcher` per model (service/batcher.py), which merges concurrent
-requests into one ONNX Runtime call on a thread of its own.
+One process: `Classifier` takes HTTP requests, decodes and resizes uploads off the event loop (in threads,
+or in a pool of decoding processes: `decoding.processes`), and hands the pixels to one `Batcher` per model
+(service/batcher.py), which merges concurrent requests into one ONNX Runtime call on a thread of its own.
+On a GPU each call runs at one of a few fixed batch sizes, every one warmed before /readyz answers 200
+(service/runtime.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import multiprocessing
 import os
 import sys
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
@@ -29,9 +33,9 @@ from starlette.responses import JSONResponse
 from export import metadata
 from export.metadata import MODEL_FILE
 from service import config as serving_config
-from service import timeout
+from service import runtime, timeout
 from service.batcher import Batcher, Overloaded
-from service.decode import InputError, decode
+from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
 from service.upload import Upload, read
 from service.voting import vote
@@ -44,11 +48,24 @@ except serving_config.ConfigError as e:  # one clear line instead of a traceback
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
+logger = logging.getLogger("service")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 BATCH_IMAGES = bentoml.metrics.Histogram(
     name="inference_batch_images",
-    documentation="Images in one ONNX Runtime call, per model: the batch size actually run",
+    documentation="Images of requests in one ONNX Runtime call, per model (padding not counted)",
     labelnames=["model"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    buckets=BATCH_BUCKETS,
+)
+BATCH_RUN_IMAGES = bentoml.metrics.Histogram(
+    name="inference_batch_run_images",
+    documentation="Images one ONNX Runtime call ran, per model: the real ones plus the padding up to a fixed size",
+    labelnames=["model"],
+    buckets=BATCH_BUCKETS,
+)
+WARMUP_SECONDS = bentoml.metrics.Gauge(
+    name="session_warmup_seconds",
+    documentation="Seconds the start-up call at each fixed batch size took, per model (made before /readyz)",
+    labelnames=["model", "batch_size"],
 )
 INFERENCE_SECONDS = bentoml.metrics.Histogram(
     name="inference_seconds",
@@ -96,6 +113,20 @@ def _answer(out: list[BaseModel]) -> JSONResponse:
     return JSONResponse([o.model_dump() for o in out])
 
 
+def _decoding_processes(processes: int) -> ProcessPoolExecutor | None:
+    """A pool of `processes` decoding processes, all started now (so that /readyz waits for them), or None.
+
+    Spawned, not forked: the serving process already runs threads (the event loop's, ONNX Runtime's),
+    and a fork copies their locks in whatever state they are."""
+    if not processes:
+        return None
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    for future in [pool.submit(decoder_ready) for _ in range(processes)]:
+        future.result()
+    logger.info("decoding in %d processes", processes)
+    return pool
+
+
 def _ranked(labels: list[str], scores: np.ndarray, order: np.ndarray, k: int) -> list[Prediction]:
     return [Prediction(label=labels[j], index=int(j), probability=float(scores[j])) for j in order[:k]]
 
@@ -128,15 +159,19 @@ class Classifier(_StoredModels):
         self.models, self.preprocess, self.batchers = {}, {}, {}
         # several workers share the cores: each session gets its share of them on the CPU provider
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // CONFIG.workers) if CONFIG.workers > 1 else 0
+        sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
             # the model store entry's metadata (written by `python -m export --store`) says what it expects
             stored = _stored(i)
             meta = stored.info.metadata
             path = Path(stored.path_of(MODEL_FILE))
             try:
-                graph = Graph(path, CONFIG.device, cpu_threads)
+                graph = Graph(path, CONFIG.device, cpu_threads, sizes, CONFIG.cuda)
+                warmed = graph.warm()
             except Exception as e:
                 raise RuntimeError(f"cannot load model '{stored.tag}' from {path}: {e}") from e
+            for size, seconds in warmed.items():
+                WARMUP_SECONDS.labels(model=name, batch_size=str(size)).set(seconds)
             self.models[name] = {
                 "tag": str(stored.tag),
                 "arch": meta["arch"],
@@ -146,11 +181,14 @@ class Classifier(_StoredModels):
                 "interpolation": meta["interpolation"],
                 "precision": meta.get("precision", "fp32"),
                 "metrics": meta.get("metrics", {}),
+                "provider": graph.provider,
+                "batch_sizes": graph.sizes,
             }
             self.preprocess[name] = metadata.preprocess_of(meta)
 
-            def observe(images: int, seconds: float, name: str = name) -> None:
+            def observe(images: int, seconds: float, name: str = name, graph: Graph = graph) -> None:
                 BATCH_IMAGES.labels(model=name).observe(images)
+                BATCH_RUN_IMAGES.labels(model=name).observe(graph.run_size(images))
                 INFERENCE_SECONDS.labels(model=name).observe(seconds)
 
             self.batchers[name] = Batcher(
@@ -162,6 +200,7 @@ class Classifier(_StoredModels):
                 observe,
             )
         self.limits = CONFIG.limits
+        self.decoder = _decoding_processes(CONFIG.decode_processes)
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
         # for the life of the process; left in the collector's oldest generation, each full collection
         # walked all of it and stalled the event loop for ~150 ms (measured with gc.callbacks), which set
@@ -174,11 +213,20 @@ class Classifier(_StoredModels):
         if len(images) > self.limits.max_images_per_request:
             raise InputError(413, f"{len(images)} images; the limit is {self.limits.max_images_per_request} a request")
         preprocess = self.preprocess[model]
+        if self.decoder is not None:
+            loop = asyncio.get_running_loop()
+
+            async def in_process(i: int, upload: UploadFile) -> np.ndarray:
+                data = await asyncio.to_thread(read, upload, i, self.limits.max_image_bytes)
+                return await loop.run_in_executor(self.decoder, decode, data, i, self.limits, preprocess)
+
+            return list(await asyncio.gather(*(in_process(i, p) for i, p in enumerate(images))))
 
         def one(i: int, upload: UploadFile) -> np.ndarray:
             return decode(read(upload, i, self.limits.max_image_bytes), i, self.limits, preprocess)
 
-        # PIL releases the GIL while decoding and resizing: threads use every core, off the event loop
+        # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
+        # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
         return list(await asyncio.gather(*(asyncio.to_thread(one, i, p) for i, p in enumerate(images))))
 
     async def _probabilities(self, images: list[UploadFile], models: list[str]) -> list[np.ndarray]:

@@ -325,3 +325,54 @@ def test_bentoml_build_makes_a_bento_that_serves(store, digits_root, tmp_path):
         good = next((digits_root / "test" / "4").glob("*.png"))
         response = post(url, "classify", [good])
         assert response.status_code == 200 and response.json()[0]["label"] == "4"
+
+
+def _series(text: str, metric: str, model: str) -> dict[str, float]:
+    """One model's samples of a metric from /metrics, by their other labels (summed over worker pids)."""
+    out: dict[str, float] = {}
+    for labels, value in re.findall(rf"^{metric}\{{(.*)\}} (\S+)$", text, re.M):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if pairs.pop("model", None) == model:
+            pairs.pop("pid", None)
+            key = ",".join(f"{k}={v}" for k, v in sorted(pairs.items()))
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def test_fixed_batch_sizes_warmed_before_ready_with_decoding_processes(store, digits_root, tmp_path):
+    """batching.sizes and decoding.processes as a GPU deployment sets them, on the CPU: every (model, size)
+    ran before /readyz, every call ran at a fixed size, padding never changes an answer, and a refusal made
+    in a decoding process still reaches the client as its 4xx."""
+    (tmp_path / "s.yaml").write_text(
+        SERVING.replace("max_latency_ms: 5000}", "max_latency_ms: 5000, sizes: [1, 4, 16, 64]}")
+        + "decoding: {processes: 2}\n"
+    )
+    env = {**store, "SERVING_CONFIG": str(tmp_path / "s.yaml"), "LOG_PATH": str(tmp_path / "log")}
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, (tmp_path / "log").read_text()[-4000:]
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the first request after /readyz
+        for model in ("digits-resnet18", "digits-b"):
+            warmed = _series(metrics, "session_warmup_seconds", model)
+            assert sorted(warmed) == [f"batch_size={n}" for n in (1, 16, 4, 64)], warmed
+        assert httpx.post(f"{url}/models", timeout=30).json()["models"]["digits-b"]["batch_sizes"] == [1, 4, 16, 64]
+
+        paths = [p for d in range(10) for p in sorted((digits_root / "test" / str(d)).glob("*.png"))[:2]]  # 20
+        together = post(url, "classify", paths, {"top_k": "10"})
+        assert together.status_code == 200, together.text
+        with ThreadPoolExecutor(8) as pool:
+            alone = list(pool.map(lambda p: post(url, "classify", [p], {"top_k": "10"}), paths))
+        for answer, single in zip(together.json(), alone):
+            a = {e["index"]: e["probability"] for e in answer["top_k"]}
+            b = {e["index"]: e["probability"] for e in single.json()[0]["top_k"]}
+            assert a.keys() == b.keys() and max(abs(a[j] - b[j]) for j in a) <= 1e-5
+
+        bad = post(url, "classify", [paths[0], b"this is not an image"])
+        assert bad.status_code == 415 and "image 1 is not an image" in bad.json()["error"]
+
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        run = _series(text, "inference_batch_run_images_bucket", "digits-resnet18")
+        # every call ran at 1, 4, 16 or 64 images: nothing lands between those bucket bounds
+        assert run["le=2.0"] == run["le=1.0"] and run["le=8.0"] == run["le=4.0"] and run["le=32.0"] == run["le=16.0"]
+        real = _series(text, "inference_batch_images_sum", "digits-resnet18")[""]
+        padded = _series(text, "inference_batch_run_images_sum", "digits-resnet18")[""]
+        assert real == 40 and padded >= 64 + 20  # the request of 20 images ran padded to 64
