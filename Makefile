@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean container container-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,17 @@ bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5
 	$(PY) -m bench.serve_load --quick --models digits --concurrency 1 16 64 --duration 3 --warmup 1
+
+# Containers (README, "Container"): VARIANT=cpu|gpu, BASE_IMAGE=python:3.11-slim to use a registry base instead
+# of the offline Debian one, IMAGE=name:tag. Needs a running Docker daemon; see deploy/container.sh.
+VARIANT ?= cpu
+IMAGE ?= classifier:$(VARIANT)
+
+container: install
+	VARIANT=$(VARIANT) IMAGE=$(IMAGE) VENV=$(VENV) deploy/container.sh
+
+container-check: install
+	$(PY) -m deploy.check --image $(IMAGE) --variant $(VARIANT)
 
 clean:
 	rm -rf runs data bench/results

@@ -1,0 +1,1 @@
+"""Container build and check: `make container`, `make container-check` (see README, "Container")."""
