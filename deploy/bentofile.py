@@ -18,6 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("cpu", "gpu")
+DOCKERFILE_TEMPLATE = "deploy/Dockerfile.j2"  # relative to the build context, the repository root
 
 
 def runtime_package(variant: str, ort_version: str) -> str:
@@ -45,7 +46,7 @@ def nvidia_library_path(python_version: str, cuda_major: int) -> str:
 def variant_bentofile(
     source: dict, variant: str, base_image: str, ort_version: str, python_version: str, cuda_major: int = 13
 ) -> dict:
-    """bentofile.yaml's content with the variant's ONNX Runtime package, base image and library path."""
+    """bentofile.yaml's content with the variant's ONNX Runtime package, base image, Dockerfile and library path."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
     out = {**source, "python": dict(source.get("python", {})), "docker": dict(source.get("docker", {}))}
@@ -53,9 +54,11 @@ def variant_bentofile(
     out["python"]["packages"] = [*packages, runtime_package(variant, ort_version)]
     out["docker"] = {k: v for k, v in out["docker"].items() if k not in ("distro", "cuda_version", "python_version")}
     out["docker"]["base_image"] = base_image
+    out["docker"]["dockerfile_template"] = DOCKERFILE_TEMPLATE
     if variant == "gpu":
-        envs = [e for e in out.get("envs", []) if e.get("name") != "LD_LIBRARY_PATH"]
-        out["envs"] = [*envs, {"name": "LD_LIBRARY_PATH", "value": nvidia_library_path(python_version, cuda_major)}]
+        # docker.env: the image recipe a dockerfile_template selects takes its ENV lines from there
+        env = dict(out["docker"].get("env") or {})
+        out["docker"]["env"] = {**env, "LD_LIBRARY_PATH": nvidia_library_path(python_version, cuda_major)}
     return out
 
 

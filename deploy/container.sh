@@ -18,7 +18,7 @@ VARIANT=${VARIANT:-cpu}
 BASE_IMAGE=${BASE_IMAGE:-}
 OFFLINE_BASE=${OFFLINE_BASE:-imgclf-base:bookworm}
 IMAGE=${IMAGE:-classifier:$VARIANT}
-VENV=${VENV:-.venv}
+VENV=$(realpath "${VENV:-.venv}")
 PY=$VENV/bin/python
 BENTOML=$VENV/bin/bentoml
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -86,8 +86,10 @@ bento=$("$BENTOML" build -f "$bentofile" --output tag . | tail -1)
 bento=${bento#__tag__:}
 echo "== Bento $bento ($VARIANT, base $BASE_IMAGE)"
 
-# 4. the image, built on the host network
-"$BENTOML" containerize "$bento" --backend docker --image-tag "$IMAGE" --opt network=host
+# 4. the image, built on the host network. bentoml copies the Bento to a temporary build context and refuses a
+# Dockerfile template outside the working directory, so the context is made under the directory it runs in.
+mkdir "$shim/tmp"
+(cd "$shim" && TMPDIR=$shim/tmp "$BENTOML" containerize "$bento" --backend docker --image-tag "$IMAGE" --opt network=host)
 seconds=$(($(date +%s) - start))
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 echo "== image $IMAGE: $((size / 1000000)) MB, Bento and image built in ${seconds} s"
