@@ -21,15 +21,16 @@ from service.config import BATCHING
 class Model:
     """uint8 [N, 2, 2, 3] -> [N, 2]: (mean pixel, N); each call takes `seconds` and is recorded."""
 
-    def __init__(self, seconds: float = 0.0, fail: bool = False):
-        self.seconds, self.fail, self.calls = seconds, fail, []
+    def __init__(self, seconds: float = 0.0, failures: int = 0):
+        """`failures`: how many calls, the first ones, raise as a failing ONNX Runtime session would."""
+        self.seconds, self.failures, self.calls = seconds, failures, []
         self.running = threading.Event()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         self.running.set()
         self.calls.append(len(pixels))
         time.sleep(self.seconds)
-        if self.fail:
+        if len(self.calls) <= self.failures:
             raise RuntimeError("session failed")
         return np.stack([pixels.reshape(len(pixels), -1).mean(1), np.full(len(pixels), len(pixels))], 1)
 
@@ -39,7 +40,9 @@ def images(value: int, n: int = 1) -> np.ndarray:
 
 
 def batcher(model: Model, **kw) -> Batcher:
-    settings = {**BATCHING, "max_latency_ms": 10_000, **kw}  # the service's defaults, but no shedding
+    # the service's defaults (BATCHING also holds settings of the session, not of the batcher), but no shedding
+    defaults = {k: BATCHING[k] for k in ("max_batch_size", "max_latency_ms", "max_wait_ms")}
+    settings = {**defaults, "max_latency_ms": 10_000, **kw}
     return Batcher(model, ThreadPoolExecutor(1), **settings)
 
 
@@ -95,7 +98,7 @@ def test_batches_hold_whole_requests_up_to_max_batch_size():
     assert asyncio.run(main()) == [1, 3, 4, 6]
 
 
-def test_a_request_queued_past_max_latency_is_refused_and_a_session_error_reaches_every_caller():
+def test_a_request_queued_past_max_latency_is_refused_and_the_batcher_keeps_serving():
     async def main():
         model = Model(seconds=0.3)
         b = batcher(model, max_latency_ms=100)
@@ -105,13 +108,28 @@ def test_a_request_queued_past_max_latency_is_refused_and_a_session_error_reache
         ok = await first
         with pytest.raises(Overloaded, match="batching.max_latency_ms"):
             await late
-        broken = batcher(Model(seconds=0.1, fail=True))
-        results = await asyncio.gather(broken(images(1)), broken(images(2)), return_exceptions=True)
-        # a batcher keeps serving after a failed call
         b.max_latency = 10.0
         again = await b(images(5))
-        return ok, results, again
+        return ok, again, model.calls
 
-    ok, results, again = asyncio.run(main())
+    ok, again, calls = asyncio.run(main())
     assert ok[0, 0] == 1.0 and again[0, 0] == 5.0
-    assert all(isinstance(r, RuntimeError) and "session failed" in str(r) for r in results)
+    assert calls == [1, 1]  # the refused request never reached the model
+
+
+def test_a_session_error_reaches_every_caller_in_its_batch_and_the_same_batcher_serves_again():
+    async def main():
+        model = Model(seconds=0.2, failures=1)
+        b = batcher(model)
+        failed = [asyncio.ensure_future(b(images(v))) for v in (1, 2)]  # one call of 2 images, which fails
+        await asyncio.to_thread(model.running.wait)
+        during = b.submit(images(3))  # queued while the failing call runs: the same drain loop must go on
+        results = await asyncio.gather(*failed, return_exceptions=True)
+        served = await asyncio.wait_for(during, 5)  # bounded: a dead drain loop would leave it waiting forever
+        after = await asyncio.wait_for(b(images(4)), 5)  # and a request after the queue had emptied
+        return results, served, after, model.calls
+
+    results, served, after, calls = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and "session failed" in str(r) for r in results), results
+    assert served[:, 0].tolist() == [3.0] and after[:, 0].tolist() == [4.0]
+    assert calls == [2, 1, 1]

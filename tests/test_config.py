@@ -1,17 +1,43 @@
+"""Recipe files and --set overrides (training/config.py). Torch-free: .ci/serving-pythons runs it too."""
+
 from __future__ import annotations
 
 import pytest
 
+from tests.conftest import ROOT
 from training.config import DEFAULTS, load_config, parse_overrides, valid_keys
 from training.errors import UserError
 
-RECIPES = ["digits_resnet18", "cifar100_efficientnet_v2_s_reference", "cifar100_efficientnet_v2_s", "cifar100_resnet50"]
+# every recipe in configs/, so that a new one is loaded without being listed here
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_recipes_the_readme_names_are_all_found():
+    assert set(RECIPES) >= {
+        "digits_resnet18",
+        "digits_10pct",
+        "digits_resnet18_progressive",
+        "cifar100_efficientnet_v2_s_reference",
+        "cifar100_efficientnet_v2_s",
+        "cifar100_resnet50",
+    }
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_resolves(name):
-    config = load_config(f"configs/{name}.yaml")
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
     assert valid_keys(config) == valid_keys(DEFAULTS)
+
+
+def test_low_label_and_progressive_recipes_say_what_the_readme_says():
+    low = load_config(ROOT / "configs" / "digits_10pct.yaml")
+    assert (low["data"]["dataset"], low["data"]["root"]) == ("imagefolder", "data/digits-10pct")
+    # the transfer set of distillation and self-training (README: "digits_10pct.yaml sets" it)
+    assert low["distill"]["unlabeled"] == low["self_train"]["unlabeled"] == "data/digits-10pct/unlabeled"
+    assert low["augment"]["auto_augment"] == "randaugment" and low["model"]["dropout"] == 0.2
+    progressive = load_config(ROOT / "configs" / "digits_resnet18_progressive.yaml")
+    stages = progressive["progressive"]
+    assert (stages["stages"], stages["start_size"], progressive["preprocess"]["crop_size"]) == (3, 16, 32)
 
 
 def test_reference_recipe_is_the_published_one():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -16,6 +17,8 @@ from training.engine import evaluate
 from training.fit import METRIC_COLUMNS
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
+
+pytestmark = pytest.mark.slow  # every test reads the digits recipe trained end to end
 
 
 def test_recipe_reaches_its_accuracy_and_writes_the_run_folder(trained_digits):

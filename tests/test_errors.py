@@ -55,6 +55,7 @@ def test_single_class_folder(capsys, tmp_path):
     assert "has 1 class (cats)" in err
 
 
+@pytest.mark.slow
 def test_undecodable_image_in_a_worker_process(tmp_path):
     """With DataLoader workers the error crosses a process boundary and must still read as one line."""
     _folder(tmp_path / "data", ["a", "b"])
@@ -88,6 +89,7 @@ def test_undecodable_image_in_a_worker_process(tmp_path):
     assert "skipping undecodable image" in result.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_class_count(capsys, tmp_path, digits_root):
     assert main(fit_args(tmp_path / "r", f"data.root={digits_root}", "data.limit=64", "data.batch_size=32")) == 0
     capsys.readouterr()

@@ -15,7 +15,7 @@ import pytest
 import skimage
 import torch
 
-from export import metadata
+from export import metadata, verify
 from export.__main__ import main as export_main
 from export.images import open_rgb
 from export.preprocess import prepare
@@ -24,6 +24,8 @@ from training import checkpoint as ckpt
 from training.fit import fit
 from training.models import model_from_checkpoint
 from training.transforms import eval_geometry, eval_transform
+
+pytestmark = pytest.mark.slow  # every test exports (and its fixtures train) a model
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 # real photos of several sizes, aspect ratios, formats and modes (RGB, L, RGBA, P animation, multi-page TIFF)
@@ -235,3 +237,19 @@ def test_export_errors(tmp_path, trained_digits, capsys):
                                                                          tmp_path / "m.onnx")  # fmt: skip
     assert "cannot produce opset 99" in error_of(trained_digits / "best.pt", "--out", tmp_path / "m.onnx",
                                                  "--opset", 99)  # fmt: skip
+
+
+def test_a_graph_that_fails_verification_is_removed_and_export_exits_1(second_onnx, tmp_path, monkeypatch, capsys):
+    """The real export and verification, held to a bound no graph can meet (max abs diff <= -1): the
+    figures are printed, the graph is deleted, nothing is stored, and the exit status is 1 (not 2, the
+    status of a usage error)."""
+    monkeypatch.setattr(verify, "FP32_MAX_ABS", -1.0)
+    out = tmp_path / "failed.onnx"
+    args = [second_onnx.parent / "best.pt", "--out", out, "--verify-images", 16, "--store", "never-stored"]
+    assert export_main([str(a) for a in args]) == 1
+    printed = capsys.readouterr()
+    f = figures(subprocess.CompletedProcess([], 1, printed.out, printed.err))
+    assert not f["passed"] and f["n"] == 16 and f["max_abs_diff"] <= 1e-4  # the graph itself was fine
+    assert "error: ONNX Runtime disagrees with PyTorch (max abs diff <= -1.0 and identical top-1 not met" in printed.err
+    assert f"removed {out}" in printed.err and "stored:" not in printed.out
+    assert not out.exists() and list(tmp_path.iterdir()) == []

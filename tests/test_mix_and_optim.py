@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 from torch import nn
 
 from training.config import DEFAULTS
+from training.errors import UserError
 from training.mix import BatchMixer, cutmix, mixup
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
@@ -25,19 +27,41 @@ def test_cutmix_and_mixup_targets_sum_to_one_and_match_the_pixels():
         assert torch.allclose(targets.sum(1), torch.ones(8)) and (targets >= 0).all()
 
 
-def test_mixer_probabilities():
-    augment = {**DEFAULTS["augment"], "cutmix_p": 0.5, "mixup_p": 0.5}
-    mixer = BatchMixer(augment, 10)
+def drawn(images: torch.Tensor, mixed: torch.Tensor) -> str:
+    """Which mix made `mixed` from images whose pixels are each image's index: CutMix copies whole pixels
+    of the rolled image (values stay whole indices), MixUp blends them (fractions), nothing leaves them."""
+    if torch.equal(mixed, images):
+        return "none"
+    return "cutmix" if torch.equal(mixed, mixed.round()) else "mixup"
+
+
+def test_mixer_draws_each_mix_with_its_probability():
+    """4,000 batches with a fixed seed: each mix's share within 5 standard errors of its probability.
+
+    The bound is about 0.03, and a correct mixer stays inside it for nearly any seed (two-sided p < 1e-6);
+    a mixer that drew MixUp with mixup_p only among the batches CutMix left (0.14 instead of 0.2), or
+    swapped the two, would be outside it. At 64 px a CutMix box is empty (looks like "none") only when
+    lambda > 1 - 1/1024, a bias of 0.0003.
+    """
+    p = {"cutmix": 0.3, "mixup": 0.2, "none": 0.5}
+    mixer = BatchMixer({**DEFAULTS["augment"], "cutmix_p": p["cutmix"], "mixup_p": p["mixup"]}, 10)
     torch.manual_seed(0)
-    labels = torch.arange(8)
-    _, targets = mixer(torch.randn(8, 3, 8, 8), labels)
-    assert torch.allclose(targets.sum(1), torch.ones(8))
+    images = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 1, 64, 64).contiguous()
+    labels = torch.arange(2)
+    n, counts = 4000, Counter()
+    for _ in range(n):
+        mixed, targets = mixer(images, labels)
+        assert torch.allclose(targets.sum(1), torch.ones(2))
+        counts[drawn(images, mixed)] += 1
+    for mix, prob in p.items():
+        assert abs(counts[mix] / n - prob) <= 5 * math.sqrt(prob * (1 - prob) / n), counts
+
     off = BatchMixer(DEFAULTS["augment"], 10)
     assert not off.active
-    _, targets = off(torch.randn(8, 3, 8, 8), labels)
-    assert torch.equal(targets.argmax(1), labels)
-    with pytest.raises(Exception, match="must not exceed 1"):
-        BatchMixer({**augment, "mixup_p": 0.7}, 10)
+    _, targets = off(torch.randn(8, 3, 8, 8), torch.arange(8))
+    assert torch.equal(targets, torch.nn.functional.one_hot(torch.arange(8), 10).float())
+    with pytest.raises(UserError, match="must not exceed 1"):
+        BatchMixer({**DEFAULTS["augment"], "cutmix_p": 0.5, "mixup_p": 0.7}, 10)
 
 
 def test_no_weight_decay_on_norms_and_biases_and_a_slower_body():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
+
 import pytest
 import torch
 from torchvision.models import get_model
@@ -106,13 +109,25 @@ def test_find_head():
     assert find_head(get_model("convnext_tiny")) == "classifier.2"
 
 
+def closed_port() -> int:
+    """A local TCP port nothing listens on: a connection to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_imagenet_download_failure_says_how_to_use_a_local_file(tmp_path, monkeypatch):
-    """Here there is no internet; on a machine with internet the weights load instead."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    try:
-        model, pre, _ = build_model(model_cfg(arch="resnet18", pretrained="imagenet"), 10)
-    except UserError as e:
-        assert "could not download" in str(e) and "model.pretrained=/path/to/resnet18-" in str(e)
-        assert str(tmp_path) in str(e)  # and where torch's cache would pick the file up
-    else:
-        assert pre["crop_size"] == 224 and model.fc.out_features == 10
+    """torchvision's real download, through a proxy that refuses: the same failure with or without internet."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache, so the download is attempted
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{closed_port()}")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads the proxy variables again
+    with pytest.raises(UserError) as e:
+        build_model(model_cfg(arch="resnet18", pretrained="imagenet"), 10)
+    message = str(e.value)
+    assert "could not download ResNet18_Weights.IMAGENET1K_V1 from https://download.pytorch.org/" in message
+    assert "Connection refused" in message  # the reason is the download's own
+    assert "model.pretrained=/path/to/resnet18-" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-") in message  # where torch's cache would pick it up

@@ -30,6 +30,8 @@ from training.fit import fit
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
 
+pytestmark = pytest.mark.slow  # every test starts `bentoml serve` or builds a Bento, from trained models
+
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 SERVING = """

@@ -24,6 +24,7 @@ def _folder(root) -> list[str]:
     return ["data.dataset=imagefolder", f"data.root={root}", "data.workers=0"]
 
 
+@pytest.mark.slow
 def test_distillation_beats_the_student_alone_on_a_small_label_budget(trained_digits, low_label, tmp_path):
     # same number of optimizer steps: 20 epochs of 126 labelled images against 2 epochs of 1,258 images
     alone = run_cli(
@@ -53,6 +54,7 @@ def _error_of(capsys, *args) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_distill_errors(trained_digits, low_label, tmp_path, capsys):
     other = tmp_path / "letters"
     for name in ("a", "b"):
@@ -70,6 +72,7 @@ def test_distill_errors(trained_digits, low_label, tmp_path, capsys):
         assert message in _error_of(capsys, *base, *flags, "--set", *_folder(low_label), *sets)
 
 
+@pytest.mark.slow
 def test_one_self_training_iteration_saves_its_pseudo_labels(low_label, tmp_path):
     unlabeled = tmp_path / "unlabeled"
     unlabeled.mkdir()
@@ -122,6 +125,7 @@ def test_self_train_errors(low_label, tmp_path, capsys):
     assert not (tmp_path / "run" / "iter0").exists()  # refused before any training
 
 
+@pytest.mark.slow
 def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_path):
     out = tmp_path / "bag"
     result = run_cli(
@@ -138,6 +142,7 @@ def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_pat
     assert "python -m export ensemble models/bag-member0.onnx models/bag-member1.onnx" in result.stdout
 
 
+@pytest.mark.slow
 def test_progressive_stages_appear_in_the_metrics(digits_root, tmp_path):
     out = tmp_path / "prog"
     result = run_cli(
