@@ -36,6 +36,14 @@ def test_train_transform_with_every_augmentation():
         "random_erasing": 0.5,
     }
     image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    plain = eval_transform(PREPROCESS)(image)
     for auto in ("randaugment", "trivialaugment", "none"):
-        out = train_transform(PREPROCESS, {**augment, "auto_augment": auto})(image)
-        assert out.shape == (3, 32, 32) and torch.isfinite(out).all()
+        transform = train_transform(PREPROCESS, {**augment, "auto_augment": auto})
+        torch.manual_seed(0)
+        draws = [transform(image) for _ in range(3)]
+        assert all(out.shape == (3, 32, 32) and torch.isfinite(out).all() for out in draws)
+        # the steps are random: each draw is another picture, and none is the eval view
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+        assert all((out - plain).abs().max() > 0.1 for out in draws)
+        torch.manual_seed(0)
+        assert torch.equal(transform(image), draws[0])  # and they come from torch's generator (resume replays them)
