@@ -1,6 +1,7 @@
 """The endpoint a user would otherwise write: FastAPI + ONNX Runtime, one image per call, no batching.
 
     MODEL_PATH=models/digits-resnet18.onnx uvicorn bench.fastapi_baseline:app --port 8000
+    DEVICE=cuda MODEL_PATH=... uvicorn bench.fastapi_baseline:app --port 8000    # on the CUDA provider
     curl -F images=@digit.png http://localhost:8000/classify
 
 It does the same work per image as the service (the same decoding, validation and preprocessing, one
@@ -20,7 +21,9 @@ from export import metadata
 from service.config import Limits
 from service.decode import InputError, decode
 
-session = ort.InferenceSession(os.environ["MODEL_PATH"], providers=["CPUExecutionProvider"])
+# a user with a GPU would ask for the CUDA provider, with its defaults
+PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"] if os.environ.get("DEVICE") == "cuda" else None
+session = ort.InferenceSession(os.environ["MODEL_PATH"], providers=PROVIDERS or ["CPUExecutionProvider"])
 META = metadata.decode(session.get_modelmeta().custom_metadata_map)
 PREPROCESS = metadata.preprocess_of(META)
 LIMITS = Limits()

@@ -2,15 +2,18 @@
 
     python -m bench.serve_load                         # digits ResNet-18, ResNet-50, EfficientNetV2-S
     python -m bench.serve_load --models digits --concurrency 1 16 --duration 3 --quick   # `make bench`
+    python -m bench.serve_load --models resnet50 --device cuda --fp16 --layouts 1:0 1:12 4:0   # bench/gpu_check.sh
 
 For each model (random weights: speed does not depend on them; the digits model keeps its 32x32 input):
   1. export it (and a second seed for a two-member ensemble) into a temporary BentoML store;
   2. ceiling, in this process, on the same graph and images: (a) ONNX Runtime alone at its best batch
      size, (b) decode + preprocess + ONNX Runtime, decoding in a thread per core, batches of 64;
-  3. `bentoml serve` with `/classify` (and `/ensemble`) under closed-loop load at each concurrency, then
-     open-loop at half the best closed-loop rate;
-  4. the FastAPI + ONNX Runtime endpoint of `bench/fastapi_baseline.py` (one image a call, no batching)
-     under the same closed-loop load.
+  3. `bentoml serve` for each layout (worker processes : decoding processes per worker): the first
+     requests after /readyz timed one by one (1, 3 and 17 images: three padded sizes on a GPU), then
+     `/classify` (and `/ensemble`) under closed-loop load at each concurrency, then open-loop at half the
+     best closed-loop rate; after each level, the real and the padded images the sessions ran (/metrics);
+  4. the FastAPI + ONNX Runtime endpoint of `bench/fastapi_baseline.py` (one image a call, no batching, on
+     the same device) under the same closed-loop load.
 Requests carry one real photo each (scikit-image's, resized to 500x375, JPEG and PNG). The load
 generator (`bench/loadgen.py`) runs in separate processes and reports its own CPU time.
 Writes bench/results/serve_load.{json,md} and serve_load_throughput.png / serve_load_latency.png.
@@ -54,7 +57,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
     p.add_argument("--client-processes", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="service worker processes, one run each")
+    p.add_argument("--layouts", nargs="+", help="W:P, a run each: W worker processes with P decoding processes "
+                   "each (decoding.processes; 0: threads); replaces --workers")  # fmt: skip
+    p.add_argument("--batch-sizes", default="auto", help="batching.sizes: auto, none, or sizes such as 1,8,64")
+    p.add_argument("--conv-algo-search", default="EXHAUSTIVE", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"])
+    p.add_argument("--prefer-nhwc", action="store_true", help="cuda.prefer_nhwc in serving.yaml")
+    p.add_argument("--cuda-graph", action="store_true", help="cuda.cuda_graph in serving.yaml")
     p.add_argument("--fp16", action="store_true", help="also the model-only ceiling of each model's fp16 graph")
+    p.add_argument("--serve-fp16", action="store_true", help="serve the fp16 graphs (members too) instead of fp32")
     p.add_argument("--no-ensemble", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -63,7 +73,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/serve_load", help="models, store and logs")
     p.add_argument("--out", default="bench/results/serve_load")
     p.add_argument("--quick", action="store_true", help="a short run for `make bench`")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.layouts = [tuple(int(n) for n in layout.split(":")) for layout in args.layouts or []] or [
+        (w, 0) for w in args.workers
+    ]
+    args.fp16 = args.fp16 or args.serve_fp16
+    return args
+
+
+def layout_name(workers: int, processes: int) -> str:
+    return f"w{workers}" + (f"p{processes}" if processes else "")
+
+
+def serving_yaml(name: str, args: argparse.Namespace, workers: int, processes: int) -> str:
+    """The serving.yaml of one run: `name` and a second seed, served alone and as a two-member ensemble."""
+    suffix = "-fp16" if args.serve_fp16 else ""
+    sizes = args.batch_sizes if args.batch_sizes in ("auto", "none") else f"[{args.batch_sizes}]"
+    return (
+        f"device: {args.device}\ndefault_model: {name}{suffix}\nmodels: [{name}{suffix}, {name}-b{suffix}]\n"
+        f"workers: {workers}\ndecoding: {{processes: {processes}}}\n"
+        f"ensembles:\n  pair: {{members: [{name}{suffix}, {name}-b{suffix}], voting: soft}}\n"
+        f"batching: {{max_batch_size: {args.max_batch_size}, max_latency_ms: {args.max_latency_ms}, sizes: {sizes}}}\n"
+        f"cuda: {{cudnn_conv_algo_search: {args.conv_algo_search}, prefer_nhwc: {str(args.prefer_nhwc).lower()}, "
+        f"cuda_graph: {str(args.cuda_graph).lower()}}}\n"
+    )
 
 
 def photos() -> list[tuple[str, bytes]]:
@@ -83,7 +116,7 @@ def photos() -> list[tuple[str, bytes]]:
 
 def prepare_models(names: list[str], work: Path, fp16: bool = False) -> dict[str, Path]:
     """Random-weight checkpoints -> ONNX graphs -> model store entries `<name>` and `<name>-b` (another seed);
-    with fp16, also `<name>-fp16`, the first one's float16 graph (for the model-only ceiling)."""
+    with fp16, also their float16 graphs `<name>-fp16` and `<name>-b-fp16`."""
     import torch
 
     from export.graph import export_onnx
@@ -111,12 +144,14 @@ def prepare_models(names: list[str], work: Path, fp16: bool = False) -> dict[str
                 marker.write_text(store_model(onnx_path, member, meta))
                 print(f"stored {marker.read_text()} ({spec['arch']}, {spec['crop_size']} px)", flush=True)
             graphs[member] = onnx_path
-        if fp16:
-            half = work / f"{name}-fp16.onnx"
-            if not half.exists():
-                source = work / f"{name}.pt"
-                export_onnx(ckpt.load(source), source, half, fp16=True)
-            graphs[f"{name}-fp16"] = half
+        for member in (name, f"{name}-b") if fp16 else ():
+            half = work / f"{member}-fp16.onnx"
+            marker = work / f"{member}-fp16.stored"
+            if not marker.exists():
+                source = work / f"{member}.pt"
+                _, meta = export_onnx(ckpt.load(source), source, half, fp16=True)
+                marker.write_text(store_model(half, f"{member}-fp16", meta))
+            graphs[f"{member}-fp16"] = half
     return graphs
 
 
@@ -230,18 +265,57 @@ def store_env(work_arg: str) -> tuple[Path, dict[str, str]]:
     return work, dict(os.environ)
 
 
+def batch_counters(url: str) -> dict[str, float]:
+    """Totals over every model and worker of the service's batch histograms: session calls, the real
+    images they ran, and the images they ran with padding."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    totals = {}
+    for key, metric in (("calls", "inference_batch_images_count"), ("real", "inference_batch_images_sum"),
+                        ("run", "inference_batch_run_images_sum")):  # fmt: skip
+        totals[key] = sum(float(v) for v in re.findall(rf"^{metric}\{{[^}}]*\}} (\S+)$", text, re.M))
+    return totals
+
+
+def first_requests(url: str, images: list[tuple[str, bytes]], model: str) -> dict[str, float]:
+    """Milliseconds of the first requests after /readyz, one at a time, with 1, 3 and 17 images: on a GPU
+    three batch sizes that no request has used yet, each of which must already have been warmed."""
+    import httpx
+
+    out = {}
+    jpegs = [img for img in images if img[0].endswith(".jpg")]
+    with httpx.Client(timeout=120) as client:
+        for n in (1, 3, 17):
+            files = [("images", jpegs[i % len(jpegs)]) for i in range(n)]
+            start = time.perf_counter()
+            response = client.post(f"{url}/classify", files=files, data={"model": model})
+            out[f"{n}_images_ms"] = round(1000 * (time.perf_counter() - start), 1)
+            if response.status_code != 200:
+                out[f"{n}_images_status"] = response.status_code
+    return out
+
+
 def load_levels(url: str, proc, requests: list[loadgen.Request], args, label: str) -> list[dict[str, Any]]:
     rows = []
     for c in args.concurrency:
         cpu0 = server_cpu_seconds(proc)
+        batches0 = batch_counters(url)
         row = loadgen.run(url, requests, concurrency=c, duration=args.duration, warmup=args.warmup,
                           processes=args.client_processes)  # fmt: skip
         row["server_cpu_share"] = round((server_cpu_seconds(proc) - cpu0) / (args.duration + args.warmup), 2)
+        batches = {k: v - batches0[k] for k, v in batch_counters(url).items()}
+        calls = max(batches["calls"], 1)
+        row["mean_batch_real"] = round(batches["real"] / calls, 1)
+        row["mean_batch_run"] = round(batches["run"] / calls, 1)
         row["target"] = label
         rows.append(row)
         print(f"{label:>28} c={c:<3} {row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
               f"  errors {row['errors']} {row['statuses']}  client cpu {row['client_cpu_share']:.2f}"
-              f"  server cpu {row['server_cpu_share']:.2f}", flush=True)  # fmt: skip
+              f"  server cpu {row['server_cpu_share']:.2f}  batch real/run {row['mean_batch_real']}"
+              f"/{row['mean_batch_run']}", flush=True)  # fmt: skip
     return rows
 
 
@@ -254,32 +328,37 @@ def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str,
         half = Graph(graphs[f"{name}-fp16"], args.device)
         result["ceiling"]["model_only_fp16_by_batch"] = model_only(half, seconds=1.5 if args.quick else 4.0)
     print(f"{name}: ceiling {json.dumps(result['ceiling'])}", flush=True)
-    single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": name})) for img in images]
+    served = f"{name}-fp16" if args.serve_fp16 else name
+    single = [loadgen.Request("/classify", *loadgen.multipart([img], {"model": served})) for img in images]
     pair = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
-    result["service"], result["ensemble"], result["open_loop"] = [], [], {}
-    for workers in args.workers:
-        serving = work / f"serving-{name}-w{workers}.yaml"
-        serving.write_text(
-            f"device: {args.device}\ndefault_model: {name}\nmodels: [{name}, {name}-b]\nworkers: {workers}\n"
-            f"ensembles:\n  pair: {{members: [{name}, {name}-b], voting: soft}}\n"
-            f"batching: {{max_batch_size: {args.max_batch_size}, max_latency_ms: {args.max_latency_ms}}}\n"
-        )
+    result["service"], result["ensemble"], result["open_loop"], result["first_requests"] = [], [], {}, {}
+    for workers, processes in args.layouts:
+        layout = layout_name(workers, processes)
+        serving = work / f"serving-{name}-{layout}.yaml"
+        serving.write_text(serving_yaml(name, args, workers, processes))
         serve_env = {**env, "SERVING_CONFIG": str(serving)}
-        with server(SERVE, serve_env, work / f"serve-{name}-w{workers}.log", "/readyz") as (url, proc):
-            rows = load_levels(url, proc, single, args, f"service /classify w{workers} {name}")
+        started = time.perf_counter()
+        with server(SERVE, serve_env, work / f"serve-{name}-{layout}.log", "/readyz") as (url, proc):
+            first = {"ready_s": round(time.perf_counter() - started, 1), **first_requests(url, images, served)}
+            result["first_requests"][layout] = first
+            print(f"{layout}: ready after {first.pop('ready_s')} s; first requests {first}", flush=True)
+            rows = load_levels(url, proc, single, args, f"service /classify {layout} {name}")
             result["service"] += rows
             best = max(r["requests_per_s"] for r in rows)
             open_row = loadgen.run(url, single, rate=max(1.0, best / 2), duration=args.duration, warmup=args.warmup,
                                    processes=args.client_processes)  # fmt: skip
-            result["open_loop"][f"w{workers}"] = open_row
+            result["open_loop"][layout] = open_row
             print(f"{'open loop at half max':>28} {open_row['rate']:.1f}/s  p50 {open_row['p50_ms']} ms  "
-                  f"p99 {open_row['p99_ms']} ms  errors {open_row['errors']}", flush=True)  # fmt: skip
+                  f"p99 {open_row['p99_ms']} ms  max {open_row['max_ms']} ms  errors {open_row['errors']}",
+                  flush=True)  # fmt: skip
             if not args.no_ensemble:
-                result["ensemble"] += load_levels(url, proc, pair, args, f"service /ensemble x2 w{workers} {name}")
+                result["ensemble"] += load_levels(url, proc, pair, args, f"service /ensemble x2 {layout} {name}")
     if not args.no_fastapi:
         fastapi_cmd = [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host", "127.0.0.1",
                        "--port", "{port}", "--log-level", "warning"]  # fmt: skip
-        fa_env = {**env, "MODEL_PATH": str(graphs[name])}
+        from service.runtime import uses_gpu
+
+        fa_env = {**env, "MODEL_PATH": str(graphs[served]), "DEVICE": "cuda" if uses_gpu(args.device) else "cpu"}
         with server(fastapi_cmd, fa_env, work / f"fastapi-{name}.log", "/docs") as (url, proc):
             plain = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in images]
             result["fastapi"] = load_levels(url, proc, plain, args, f"fastapi /classify {name}")
@@ -294,26 +373,33 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Serving load", "",
         f"Machine: {report['machine']}. {report['settings']}", "",
-        "| model | target | clients | img/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU | server CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | target | clients | img/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU | server CPU "
+        "| batch real / run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for m in report["models"]:
         for key in ("service", "ensemble", "fastapi"):
             for r in m.get(key, []):
+                batch = f"{r['mean_batch_real']} / {r['mean_batch_run']}" if key != "fastapi" else "1 / 1"
                 lines.append(
                     f"| {m['model']} | {r['target'].split(' ' + m['model'])[0]} | {r['concurrency']} | "
                     f"{r['images_per_s']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
-                    f"{r['errors']} | {r['client_cpu_share']} | {r['server_cpu_share']} |"
+                    f"{r['errors']} | {r['client_cpu_share']} | {r['server_cpu_share']} | {batch} |"
                 )
+    lines += ["", "First requests after /readyz, one at a time (ms):", "",
+              "| model | layout | 1 image | 3 images | 17 images |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for m in report["models"]:
+        for layout, f in m.get("first_requests", {}).items():
+            lines.append(f"| {m['model']} | {layout} | {f['1_images_ms']} | {f['3_images_ms']} | {f['17_images_ms']} |")
     lines += ["", "| model | ceiling (a) model only | ceiling (b) decode + model | service best | "
               "service / (b) | FastAPI best | service / FastAPI | open loop p50 / p99 ms at half max |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for m in report["models"]:
         c, f = m["ceiling"], _best(m.get("fastapi", []))
-        for workers, o in m["open_loop"].items():
-            s = _best([r for r in m["service"] if f" {workers} " in r["target"]])
+        for layout, o in m["open_loop"].items():
+            s = _best([r for r in m["service"] if f" {layout} " in r["target"]])
             lines.append(
-                f"| {m['model']} ({workers}) | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
+                f"| {m['model']} ({layout}) | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
                 f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
                 f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
             )
@@ -373,6 +459,16 @@ def plots(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def gpu_name() -> str:
+    """The GPU's name after a comma, when nvidia-smi names one; else nothing."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout.strip()  # fmt: skip
+        if out:
+            return ", " + out.splitlines()[0]
+    return ""
+
+
 def run(args: argparse.Namespace) -> None:
     import platform
 
@@ -381,9 +477,12 @@ def run(args: argparse.Namespace) -> None:
     images = photos()
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
                 f"processes; one photo per request ({len(images)} photos, 500x375 JPEG/PNG); device {args.device}; "
-                f"max_batch_size {args.max_batch_size}, max_latency_ms {args.max_latency_ms}; "
-                f"service workers {args.workers} (wN in the table).")  # fmt: skip
-    machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores"
+                f"max_batch_size {args.max_batch_size}, max_latency_ms {args.max_latency_ms}, batching.sizes "
+                f"{args.batch_sizes}; cuda: {args.conv_algo_search}, prefer_nhwc {args.prefer_nhwc}, cuda_graph "
+                f"{args.cuda_graph}; {'fp16' if args.serve_fp16 else 'fp32'} graphs served; layouts "
+                f"{[layout_name(*lay) for lay in args.layouts]} (wN: N worker processes, pM: M decoding processes "
+                f"each).")  # fmt: skip
+    machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores{gpu_name()}"
     report = {"machine": machine, "settings": settings, "models": []}
     for name in args.models:
         report["models"].append(bench_model(name, graphs, images, args, env, work))
