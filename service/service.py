@@ -37,7 +37,7 @@ from service import runtime, timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
-from service.upload import Upload, read
+from service.upload import REFUSED, Form, Upload, read
 from service.voting import vote
 
 try:
@@ -102,6 +102,8 @@ class EnsembleClassification(Prediction):
 
 
 def _error(e: InputError) -> JSONResponse:
+    # one line a refusal, not a traceback: a client sending bad requests cannot flood the log
+    logger.info("refused with %d: %s", e.status, e.message)
     return JSONResponse({"error": e.message}, status_code=e.status)
 
 
@@ -129,6 +131,23 @@ def _decoding_processes(processes: int) -> ProcessPoolExecutor | None:
 
 def _ranked(labels: list[str], scores: np.ndarray, order: np.ndarray, k: int) -> list[Prediction]:
     return [Prediction(label=labels[j], index=int(j), probability=float(scores[j])) for j in order[:k]]
+
+
+class ClassifyInput(Form):
+    images: list[Upload] = Field(description="the images: one multipart file part each, all named 'images'")
+    top_k: int = Field(5, description="how many of the most probable labels to return per image (at least 1)")
+    model: str = Field(CONFIG.default_model, description="a served model's name (GET the list from /models)")
+
+
+class EnsembleInput(Form):
+    images: list[Upload] = Field(description="the images: one multipart file part each, all named 'images'")
+    ensemble: str = Field("default", description="an ensemble named in serving.yaml")
+    voting: str = Field("", description="soft, weighted or hard; empty: the ensemble's own")
+    top_k: int = Field(5, description="how many of the most probable labels to return per image (at least 1)")
+
+
+class ModelsInput(Form):
+    """No fields: any field sent is refused."""
 
 
 # One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
@@ -248,11 +267,13 @@ class Classifier(_StoredModels):
             raise InputError(400, f"top_k must be at least 1, got {top_k}")
         return min(top_k, classes)
 
-    @bentoml.api(route="/classify")
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
     async def classify(
         self, images: list[Upload], top_k: int = 5, model: str = CONFIG.default_model
     ) -> list[Classification]:
         """Classify each uploaded image with one model."""
+        if (refused := REFUSED.get()) is not None:
+            return _error(refused)
         try:
             if model not in self.models:
                 raise InputError(404, f"unknown model '{model}'; served models: {', '.join(NAMES)}")
@@ -270,11 +291,13 @@ class Classifier(_StoredModels):
                                       top_k=_ranked(labels, probs, order, k), model=model))  # fmt: skip
         return _answer(out)
 
-    @bentoml.api(route="/ensemble")
+    @bentoml.api(route="/ensemble", input_spec=EnsembleInput)
     async def ensemble(
         self, images: list[Upload], ensemble: str = "default", voting: str = "", top_k: int = 5
     ) -> list[EnsembleClassification]:
         """Classify each image with every member of an ensemble and vote (soft, weighted or hard)."""
+        if (refused := REFUSED.get()) is not None:
+            return _error(refused)
         try:
             if ensemble not in CONFIG.ensembles:
                 raise InputError(404, f"unknown ensemble '{ensemble}'; served ensembles: "
@@ -308,9 +331,11 @@ class Classifier(_StoredModels):
             ))  # fmt: skip
         return _answer(out)
 
-    @bentoml.api(route="/models")
+    @bentoml.api(route="/models", input_spec=ModelsInput)
     def list_models(self) -> dict[str, t.Any]:
         """Every served model (tag, arch, labels, input size, metrics) and every ensemble."""
+        if (refused := REFUSED.get()) is not None:
+            return _error(refused)
         ensembles = {name: {"members": e.members, "voting": e.voting, "weights": e.weights}
                      for name, e in CONFIG.ensembles.items()}  # fmt: skip
         return {"default_model": CONFIG.default_model, "models": self.models, "ensembles": ensembles}

@@ -1,0 +1,262 @@
+"""Malformed requests against a real `bentoml serve`: each gets a 4xx in the service's own error body that names the
+field and what to send, no request makes the server open a connection (with and without uvloop importable),
+BentoML's own HTTP clients work on every route, and every answer, good or bad, fits the OpenAPI document.
+
+One small digits model (a one-epoch fit: answers, not accuracy, are under test) in a temporary model store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+
+from tests.conftest import ROOT, quick_config
+from tests.test_service import serving
+from training.fit import fit
+
+pytestmark = pytest.mark.slow
+
+SERVING = """
+device: cpu
+default_model: digits-small
+models: [digits-small]
+ensembles:
+  default: {members: [digits-small], voting: soft}
+batching: {max_batch_size: 16, max_latency_ms: 5000}
+limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000}
+"""
+HINT = "curl -F images=@digit.png"
+NOT_A_FILE = "field 'images' must be image files sent as multipart file parts"
+
+
+@pytest.fixture(scope="module")
+def store(digits_root, tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("bentoml")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    fit(quick_config(digits_root), home / "run", show=False)
+    result = subprocess.run([sys.executable, "-m", "export", str(home / "run" / "best.pt"), "--out",
+                             str(home / "small.onnx"), "--store", "digits-small", "--verify-images", "16"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (home / "serving.yaml").write_text(SERVING)
+    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
+
+
+def _python_path(env: dict, folder: Path) -> dict:
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)}
+
+
+@pytest.fixture(scope="module")
+def without_uvloop(tmp_path_factory) -> Path:
+    """A folder whose `uvloop` fails to import, put first on the server's path: uvloop is not importable there
+    whatever the venv holds."""
+    folder = tmp_path_factory.mktemp("no-uvloop")
+    (folder / "uvloop").mkdir()
+    (folder / "uvloop" / "__init__.py").write_text("raise ImportError('uvloop hidden by the test')\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def with_uvloop(tmp_path_factory) -> Path:
+    """uvloop from the package registry into a throwaway folder (the venv does not carry it: it would change the
+    event loop every benchmark measures)."""
+    folder = tmp_path_factory.mktemp("uvloop")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(folder), "uvloop"]
+    result = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"cannot install uvloop for this test: {result.stderr[-2000:]}"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(store, without_uvloop):
+    env = _python_path(store, without_uvloop)
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, Path(store["LOG_PATH"]).read_text()[-4000:]
+        yield url
+
+
+@pytest.fixture(scope="module")
+def png(digits_root) -> bytes:
+    return next((digits_root / "test" / "3").glob("*.png")).read_bytes()
+
+
+class Listener:
+    """A local HTTP server that answers every GET with a real PNG and counts the connections it accepted."""
+
+    def __init__(self, png: bytes):
+        self.connections = 0
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                listener.connections += 1
+                super().setup()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def error_of(response: httpx.Response) -> str:
+    """The service's error body: exactly {"error": message}."""
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), response.text
+    return body["error"]
+
+
+def url_requests(server: str, route: str, urls: list[str], png: bytes) -> list[tuple[str, dict]]:
+    """Every way a client can put a URL where an image belongs, as httpx.post keyword arguments."""
+    out = []
+    for url in urls:
+        out += [
+            ("plain form field", {"files": [("images", (None, url))]}),  # curl -F images=URL / --form-string
+            ("text part with a filename", {"files": [("images", ("x.png", url.encode(), "text/uri-list"))]}),
+            ("URL-encoded body", {"data": {"images": url}}),  # curl -d images=URL
+            ("JSON body", {"json": {"images": [url]}}),
+            ("JSON body, one string", {"json": {"images": url}}),
+            ("JSON string body", {"content": json.dumps(url), "headers": {"content-type": "application/json"}}),
+            ("text body", {"content": url, "headers": {"content-type": "text/plain"}}),
+            (
+                "several parts",
+                {"files": [("images", ("a.png", png, "image/png")), ("images", (None, url)), ("images", (None, url))]},
+            ),  # fmt: skip
+            ("under another name", {"files": [("images", ("a.png", png, "image/png")), ("image", (None, url))]}),
+        ]
+    return [(f"{route}: {what}", kwargs) for what, kwargs in out]
+
+
+def assert_no_fetch(server: str, png: bytes) -> None:
+    listener = Listener(png)
+    try:
+        urls = [f"http://127.0.0.1:{listener.port}/digit.png", f"http://localhost:{listener.port}/digit.png"]
+        for route in ("classify", "ensemble"):
+            for what, kwargs in url_requests(server, route, urls, png):
+                response = httpx.post(f"{server}/{route}", timeout=30, **kwargs)
+                assert 400 <= response.status_code < 500, (what, response.status_code, response.text)
+                message = error_of(response)
+                assert "images" in message or "image" in message, (what, message)
+        assert listener.connections == 0, f"the server opened {listener.connections} connections to a client's URL"
+        # the listener really answers: had the server fetched, it would have got a digit
+        assert httpx.get(urls[0], timeout=10).status_code == 200 and listener.connections == 1
+    finally:
+        listener.close()
+
+
+def test_no_request_makes_the_server_fetch_a_url(server, png):
+    assert_no_fetch(server, png)
+
+
+def test_no_request_makes_the_server_fetch_a_url_with_uvloop(store, with_uvloop, png, tmp_path):
+    """With uvloop importable BentoML's URL download works (its guard blocks only private IP literals)."""
+    env = _python_path({**store, "LOG_PATH": str(tmp_path / "log")}, with_uvloop)
+    check = subprocess.run([sys.executable, "-c", "import uvloop"], env=env, capture_output=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, (tmp_path / "log").read_text()[-4000:]
+        assert_no_fetch(url, png)
+
+
+def test_malformed_requests_get_a_4xx_that_says_what_to_send(server, png, store):
+    file = ("images", ("digit.png", png, "image/png"))
+    cases = [
+        # (route, httpx.post keyword arguments, status, what the message says)
+        ("classify", {"files": [("image", ("digit.png", png, "image/png"))]}, 400,
+         ["unknown field 'image'", "file parts named 'images'", HINT, "/classify accepts 'images', 'top_k', 'model'"]),
+        ("ensemble", {"files": [("image", ("digit.png", png, "image/png"))]}, 400,
+         ["unknown field 'image'", "/ensemble accepts 'images', 'ensemble', 'voting', 'top_k'"]),
+        ("classify", {"files": [("images", (None, png))]}, 400, [NOT_A_FILE, HINT]),  # -F "images=<digit.png"
+        ("classify", {"files": [("images", (None, "data/digits/test/3/1110.png"))]}, 400, [NOT_A_FILE, "'@'"]),
+        ("classify", {"data": {"images": "@digit.png"}}, 400, [NOT_A_FILE, "curl -d"]),  # curl -d images=@digit.png
+        ("classify", {"files": [file], "data": {"top_k": "abc"}}, 400,
+         ["field 'top_k' must be a whole number, got 'abc'"]),
+        ("classify", {"files": [file], "data": {"top_k": "2.5"}}, 400, ["field 'top_k' must be a whole number"]),
+        ("classify", {"files": [file], "data": {"topk": "2"}}, 400,
+         ["unknown field 'topk'", "/classify accepts 'images', 'top_k', 'model'"]),
+        ("ensemble", {"files": [file], "data": {"top-k": "2", "votin": "hard"}}, 400,
+         ["unknown fields 'top-k', 'votin'", "/ensemble accepts"]),
+        ("classify", {"files": [file, ("top_k", ("k.txt", b"2", "text/plain"))]}, 400,
+         ["field 'top_k' is a file part"]),
+        ("classify", {"files": [file, ("top_k", (None, "1")), ("top_k", (None, "2"))]}, 400,
+         ["field 'top_k' was sent 2 times"]),
+        ("classify", {"data": {"top_k": "3"}}, 400, ["no images", HINT]),
+        ("classify", {"json": {"top_k": 3}}, 400, ["no images", HINT]),
+        ("classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
+         ["the body is not valid JSON"]),
+        ("classify", {"content": png, "headers": {"content-type": "image/png"}}, 415,
+         ["unsupported body type 'image/png'", HINT]),
+        ("classify", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400,
+         ["the body is not valid multipart/form-data"]),
+        ("models", {"files": [("topk", (None, "2"))]}, 400, ["unknown field 'topk'", "/models takes no fields"]),
+        ("models", {"json": {"model": "x"}}, 400, ["unknown field 'model'"]),
+        ("classify", {"files": [file], "data": {"top_k": "0"}}, 400, ["top_k must be at least 1"]),
+        ("classify", {"files": [file], "data": {"model": "nope"}}, 404, ["unknown model 'nope'"]),
+        ("ensemble", {"files": [file], "data": {"ensemble": "nope"}}, 404, ["unknown ensemble 'nope'"]),
+        ("ensemble", {"files": [file], "data": {"voting": "weighted"}}, 400, ["has no weights"]),
+        ("classify", {"files": [file] * 5}, 413, ["5 images; the limit is 4"]),
+        ("classify", {"files": [("images", ("big.png", b"\0" * 100_001, "image/png"))]}, 413,
+         ["image 0 is 100001 bytes"]),
+        ("classify", {"files": [("images", ("x.png", b"not an image", "image/png"))]}, 415,
+         ["image 0 is not an image"]),
+    ]  # fmt: skip
+    for route, kwargs, status, parts in cases:
+        response = httpx.post(f"{server}/{route}", timeout=30, **kwargs)
+        assert response.status_code == status, (route, kwargs.keys(), response.status_code, response.text)
+        message = error_of(response)
+        for part in parts:
+            assert part in message, (part, message)
+    # good requests still answer, through the same parser
+    ok = httpx.post(f"{server}/classify", files=[file], data={"top_k": "2", "model": '"digits-small"'}, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()[0]["top_k"]) == 2, ok.text
+    assert httpx.post(f"{server}/models", timeout=30).status_code == 200
+    assert httpx.post(f"{server}/models", data={}, timeout=30).status_code == 200  # curl -X POST -d ''
+    # a refusal is at most one line in the server's log (the access line), never an ERROR with a traceback
+    log = Path(store["LOG_PATH"]).read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-4000:]
+
+
+def test_bentoml_clients_call_every_route(server, digits_root):
+    paths = [next((digits_root / "test" / str(d)).glob("*.png")) for d in (3, 7)]
+    with bentoml.SyncHTTPClient(server) as client:
+        answers = client.classify(images=paths, top_k=2)
+        assert len(answers) == 2 and all(len(a["top_k"]) == 2 and a["model"] == "digits-small" for a in answers)
+        assert client.classify(images=[paths[0]], model="digits-small")[0]["label"] == answers[0]["label"]
+        voted = client.ensemble(images=paths, voting="hard", top_k=1)
+        assert [v["voting"] for v in voted] == ["hard", "hard"] and len(voted[0]["members"]) == 1
+        assert set(client.list_models()["models"]) == {"digits-small"}
+        with pytest.raises(bentoml.exceptions.BentoMLException, match="top_k must be at least 1"):
+            client.classify(images=[paths[0]], top_k=0)
+
+    async def call() -> None:
+        async with bentoml.AsyncHTTPClient(server) as client:
+            answers = await client.classify(images=paths, top_k=3)
+            assert len(answers) == 2 and all(len(a["top_k"]) == 3 for a in answers)
+            voted = await client.ensemble(images=[paths[1]], ensemble="default")
+            assert voted[0]["voting"] == "soft"
+            assert (await client.list_models())["default_model"] == "digits-small"
+
+    asyncio.run(call())
