@@ -43,6 +43,7 @@ def graphs(tmp_path_factory) -> dict[str, Path]:
     return {"single": a, "pair": pair}
 
 
+@pytest.mark.slow
 def test_run_size_pads_to_the_next_size_and_chunks_past_the_largest(graphs):
     graph = Graph(graphs["single"], "cpu", sizes=[8, 1, 4])
     assert graph.sizes == [1, 4, 8]
@@ -51,6 +52,7 @@ def test_run_size_pads_to_the_next_size_and_chunks_past_the_largest(graphs):
     assert Graph(graphs["single"], "cpu").run_size(11) == 11  # no sizes: every batch runs as it comes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["single", "pair"])
 def test_padded_batches_give_each_image_the_answer_it_gets_alone(graphs, kind):
     """11 images run as 8 + (3 padded to 4); the same images one at a time and through an unpadded session
@@ -73,6 +75,7 @@ def test_padded_batches_give_each_image_the_answer_it_gets_alone(graphs, kind):
     assert not np.any(np.all(np.isclose(batched["probabilities"], black, atol=1e-7), axis=1))
 
 
+@pytest.mark.slow
 def test_warm_runs_every_fixed_size(graphs):
     assert sorted(Graph(graphs["single"], "cpu", sizes=[1, 2, 16]).warm()) == [1, 2, 16]
     assert Graph(graphs["single"], "cpu").warm() == {}
