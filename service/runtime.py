@@ -190,15 +190,16 @@ class _Captured(_Call):
     needs the input and output buffers at the same device addresses on every call, so they are allocated
     and bound once and each call copies the batch into the input buffer."""
 
-    def __init__(self, session: ort.InferenceSession, size: int, input_shape: tuple[int, ...]):
+    def __init__(self, session: ort.InferenceSession, size: int, input_shape: tuple[int, ...], device: str = "cuda"):
+        """device: where the buffers live ("cpu" only to test the binding without a GPU)."""
         super().__init__(session)
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type((size, *input_shape), np.uint8, "cuda", 0)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type((size, *input_shape), np.uint8, device, 0)
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input("images", self.input)
         self.buffers = {}
         for o in session.get_outputs():
             shape = [d if isinstance(d, int) else size for d in o.shape]  # the one symbolic dimension is N
-            self.buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
+            self.buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
             self.binding.bind_ortvalue_output(o.name, self.buffers[o.name])
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 from export.ensemble import fuse
 from export.graph import export_onnx
 from service import config as serving_config
-from service.runtime import Graph
+from service.runtime import Graph, _Captured
 from training import checkpoint as ckpt
 from training.config import load_config
 from training.fit import checkpoint_dict
@@ -76,6 +76,22 @@ def test_padded_batches_give_each_image_the_answer_it_gets_alone(graphs, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["single", "pair"])
+def test_bound_buffers_of_a_captured_size_take_each_new_batch(graphs, kind):
+    """The CUDA-graph call binds its input and output buffers once and copies each batch into them; here
+    the buffers are on the CPU (CUDA graphs themselves need a GPU), so the binding logic runs for real."""
+    plain = Graph(graphs[kind], "cpu")
+    call = _Captured(plain.any_size.session, 4, plain.input_shape, device="cpu")
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # new pixels each time through the same buffers
+        pixels = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        out, reference = call(pixels), plain.run(pixels)
+        assert set(out) == set(reference)
+        for name in out:
+            np.testing.assert_allclose(out[name], reference[name], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
 def test_warm_runs_every_fixed_size(graphs):
     assert sorted(Graph(graphs["single"], "cpu", sizes=[1, 2, 16]).warm()) == [1, 2, 16]
     assert Graph(graphs["single"], "cpu").warm() == {}
@@ -99,9 +115,9 @@ def test_batch_sizes_from_serving_config():
         ({"batching": {"sizes": [0, 64]}}, "whole numbers of at least 1"),
         ({"batching": {"sizes": "fixed"}}, "auto, none or a list"),
         ({"batching": {"sizes": [64, 64]}}, "must be distinct"),
-        ({"cuda": {"cudnn_conv_algo_search": "FAST"}}, "must be one of"),
+        ({"cuda": {"cudnn_conv_algo_search": "FAST"}}, "must be EXHAUSTIVE, HEURISTIC or DEFAULT, got .FAST."),
         ({"cuda": {"graphs": True}}, "unknown cuda keys \\['graphs'\\]"),
-        ({"cuda": {"prefer_nhwc": "yes"}}, "cuda.prefer_nhwc must be bool"),
+        ({"cuda": {"prefer_nhwc": "yes"}}, "cuda.prefer_nhwc must be true or false, got .yes."),
         ({"decoding": {"processes": -1}}, "decoding.processes must be a whole number"),
         ({"decoding": {"threads": 2}}, "unknown decoding keys"),
     ]:
