@@ -41,17 +41,19 @@ step() {  # step NAME LIMIT_S COMMAND...: runs it under a time limit, logs to $O
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
+# LitServe is compared with where it is installed (../shared/gpu/stage.sh does not bring it)
+$PYTHON -c "import litserve" 2>/dev/null && litserve="" || litserve="--no-litserve"
 # shellcheck disable=SC2086  # the lists are meant to split
 step serve_load 330 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
-  --out "$OUT/serve_load"
+  $litserve --out "$OUT/serve_load"
 step cuda_shapes 120 $PYTHON -m bench.cuda_shapes --graph "runs/gpu_check/$MODEL.onnx" \
   --fp16-graph "runs/gpu_check/$MODEL-fp16.onnx" --device "$DEVICE" --out "$OUT/cuda_shapes"
 first_layout=${LAYOUTS%% *}
 # shellcheck disable=SC2086
 step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --serve-fp16 --layouts "$first_layout" \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
-  --no-fastapi --out "$OUT/serve_fp16"
+  --no-fastapi --no-litserve --out "$OUT/serve_fp16"
 tar -czf "$BACK/all.tgz" "$OUT" runs/gpu_check/*.log runs/gpu_check/*.yaml 2>/dev/null
 cp "$OUT"/machine.txt "$OUT"/*.md "$OUT"/serve_load_throughput.png "$BACK"/ 2>/dev/null
 echo "== done in $((SECONDS - start)) s; files in $BACK:"

@@ -13,9 +13,12 @@ For each model (random weights: speed does not depend on them; the digits model 
      `/classify` (and `/ensemble`) under closed-loop load at each concurrency, then open-loop at half the
      best closed-loop rate; after each level, the real and the padded images the sessions ran (/metrics);
   4. the FastAPI + ONNX Runtime endpoint of `bench/fastapi_baseline.py` (one image a call, no batching, on
-     the same device) under the same closed-loop load.
-Requests carry one real photo each (scikit-image's, resized to 500x375, JPEG and PNG). The load
-generator (`bench/loadgen.py`) runs in separate processes and reports its own CPU time.
+     the same device) and the LitServe endpoint of `bench/litserve_baseline.py` (its own batching) under
+     the same closed-loop load.
+Requests carry one image each: a real photo (`--images photos`: scikit-image's, resized to 500x375, JPEG
+and PNG) or a small one (`--images small`: digits test PNGs, 32x32, where the request path around the
+model is most of the cost). The load generator (`bench/loadgen.py`) runs in separate processes and reports
+its own CPU time.
 Writes bench/results/serve_load.{json,md} and serve_load_throughput.png / serve_load_latency.png.
 """
 
@@ -67,6 +70,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve-fp16", action="store_true", help="serve the fp16 graphs (members too) instead of fp32")
     p.add_argument("--no-ensemble", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
+    p.add_argument("--no-litserve", action="store_true")
+    p.add_argument("--images", default="photos", choices=["photos", "small"], help="500x375 photos or 32x32 PNGs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-latency-ms", type=int, default=60000, help="the shedding bound in serving.yaml")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -112,6 +117,15 @@ def photos() -> list[tuple[str, bytes]]:
             image.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
             out.append((f"{name}.{ext}", buf.getvalue()))
     return out
+
+
+def small_images(work: Path) -> list[tuple[str, bytes]]:
+    """Eight digits test images as the dataset stores them: 32x32 RGB PNG, a few hundred bytes each."""
+    from training.digits import write_digits
+
+    root = write_digits(work / "digits")
+    paths = [sorted((root / "test" / str(d)).glob("*.png"))[0] for d in range(8)]
+    return [(p.name, p.read_bytes()) for p in paths]
 
 
 def prepare_models(names: list[str], work: Path, fp16: bool = False) -> dict[str, Path]:
@@ -286,7 +300,7 @@ def first_requests(url: str, images: list[tuple[str, bytes]], model: str) -> dic
     import httpx
 
     out = {}
-    jpegs = [img for img in images if img[0].endswith(".jpg")]
+    jpegs = [img for img in images if img[0].endswith(".jpg")] or images
     with httpx.Client(timeout=120) as client:
         for n in (1, 3, 17):
             files = [("images", jpegs[i % len(jpegs)]) for i in range(n)]
@@ -302,20 +316,22 @@ def load_levels(url: str, proc, requests: list[loadgen.Request], args, label: st
     rows = []
     for c in args.concurrency:
         cpu0 = server_cpu_seconds(proc)
-        batches0 = batch_counters(url)
+        service = label.startswith("service")
+        batches0 = batch_counters(url) if service else {}
         row = loadgen.run(url, requests, concurrency=c, duration=args.duration, warmup=args.warmup,
                           processes=args.client_processes)  # fmt: skip
         row["server_cpu_share"] = round((server_cpu_seconds(proc) - cpu0) / (args.duration + args.warmup), 2)
-        batches = {k: v - batches0[k] for k, v in batch_counters(url).items()}
-        calls = max(batches["calls"], 1)
-        row["mean_batch_real"] = round(batches["real"] / calls, 1)
-        row["mean_batch_run"] = round(batches["run"] / calls, 1)
+        if service:
+            batches = {k: v - batches0[k] for k, v in batch_counters(url).items()}
+            calls = max(batches["calls"], 1)
+            row["mean_batch_real"] = round(batches["real"] / calls, 1)
+            row["mean_batch_run"] = round(batches["run"] / calls, 1)
         row["target"] = label
         rows.append(row)
         print(f"{label:>28} c={c:<3} {row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
               f"  errors {row['errors']} {row['statuses']}  client cpu {row['client_cpu_share']:.2f}"
-              f"  server cpu {row['server_cpu_share']:.2f}  batch real/run {row['mean_batch_real']}"
-              f"/{row['mean_batch_run']}", flush=True)  # fmt: skip
+              f"  server cpu {row['server_cpu_share']:.2f}  batch real/run {row.get('mean_batch_real', '-')}"
+              f"/{row.get('mean_batch_run', '-')}", flush=True)  # fmt: skip
     return rows
 
 
@@ -362,6 +378,16 @@ def bench_model(name: str, graphs: dict[str, Path], images, args, env: dict[str,
         with server(fastapi_cmd, fa_env, work / f"fastapi-{name}.log", "/docs") as (url, proc):
             plain = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in images]
             result["fastapi"] = load_levels(url, proc, plain, args, f"fastapi /classify {name}")
+    if not args.no_litserve:
+        from service.runtime import uses_gpu
+
+        device = "cuda" if uses_gpu(args.device) else "cpu"
+        litserve_cmd = [sys.executable, "-m", "bench.litserve_baseline", "--port", "{port}", "--device", device,
+                        "--max-batch-size", str(args.max_batch_size)]  # fmt: skip
+        ls_env = {**env, "MODEL_PATH": str(graphs[served])}
+        with server(litserve_cmd, ls_env, work / f"litserve-{name}.log", "/health") as (url, proc):
+            plain = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in images]
+            result["litserve"] = load_levels(url, proc, plain, args, f"litserve /classify {name}")
     return result
 
 
@@ -378,9 +404,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for m in report["models"]:
-        for key in ("service", "ensemble", "fastapi"):
+        for key in ("service", "ensemble", "fastapi", "litserve"):
             for r in m.get(key, []):
-                batch = f"{r['mean_batch_real']} / {r['mean_batch_run']}" if key != "fastapi" else "1 / 1"
+                batch = f"{r['mean_batch_real']} / {r['mean_batch_run']}" if "mean_batch_run" in r else "-"
                 lines.append(
                     f"| {m['model']} | {r['target'].split(' ' + m['model'])[0]} | {r['concurrency']} | "
                     f"{r['images_per_s']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
@@ -392,16 +418,18 @@ def markdown(report: dict[str, Any]) -> str:
         for layout, f in m.get("first_requests", {}).items():
             lines.append(f"| {m['model']} | {layout} | {f['1_images_ms']} | {f['3_images_ms']} | {f['17_images_ms']} |")
     lines += ["", "| model | ceiling (a) model only | ceiling (b) decode + model | service best | "
-              "service / (b) | FastAPI best | service / FastAPI | open loop p50 / p99 ms at half max |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+              "service / (b) | FastAPI best | service / FastAPI | LitServe best | service / LitServe | "
+              "open loop p50 / p99 ms at half max |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for m in report["models"]:
-        c, f = m["ceiling"], _best(m.get("fastapi", []))
+        c, f, lit = m["ceiling"], _best(m.get("fastapi", [])), _best(m.get("litserve", []))
         for layout, o in m["open_loop"].items():
             s = _best([r for r in m["service"] if f" {layout} " in r["target"]])
             lines.append(
                 f"| {m['model']} ({layout}) | {c['model_only_images_per_s']} (batch {c['model_only_best_batch']}) | "
                 f"{c['decode_and_model_images_per_s']} | {s} | {s / c['decode_and_model_images_per_s']:.2f} | "
-                f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
+                f"{f or '-'} | {f'{s / f:.2f}' if f else '-'} | {lit or '-'} | {f'{s / lit:.2f}' if lit else '-'} | "
+                f"{o['p50_ms']} / {o['p99_ms']} at {o['rate']:.0f}/s |"
             )
     batches = sorted({int(b) for m in report["models"] for b in m["ceiling"]["model_only_by_batch"]})
     lines += ["", "Model only (`Graph.run`, I/O binding), images/s by batch size:", "",
@@ -433,7 +461,7 @@ def plots(report: dict[str, Any], out: Path) -> None:
     models = report["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
-        for key, style in (("service", "o-"), ("ensemble", "s--"), ("fastapi", "^-")):
+        for key, style in (("service", "o-"), ("ensemble", "s--"), ("fastapi", "^-"), ("litserve", "v-")):
             for target, rows in _by_target(m.get(key, [])).items():
                 ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], style, label=target)
         ax.axhline(m["ceiling"]["decode_and_model_images_per_s"], color="grey", ls=":", label="ceiling (b)")
@@ -446,8 +474,10 @@ def plots(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
-        targets = {**_by_target(m.get("service", [])), **_by_target(m.get("fastapi", []))}
-        for (target, rows), color in zip(targets.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green")):
+        targets = {**_by_target(m.get("service", [])), **_by_target(m.get("fastapi", [])),
+                   **_by_target(m.get("litserve", []))}  # fmt: skip
+        colors = ("tab:blue", "tab:orange", "tab:purple", "tab:green", "tab:red", "tab:brown")
+        for (target, rows), color in zip(targets.items(), colors):
             c = [r["concurrency"] for r in rows]
             ax.plot(c, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{target} p50")
             ax.plot(c, [r["p99_ms"] for r in rows], "o--", color=color, label=f"{target} p99")
@@ -474,9 +504,10 @@ def run(args: argparse.Namespace) -> None:
 
     work, env = store_env(args.work)
     graphs = prepare_models(args.models, work, fp16=args.fp16)
-    images = photos()
+    images = photos() if args.images == "photos" else small_images(work)
+    kind = "photos, 500x375 JPEG/PNG" if args.images == "photos" else "digits PNGs, 32x32"
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
-                f"processes; one photo per request ({len(images)} photos, 500x375 JPEG/PNG); device {args.device}; "
+                f"processes; one image per request ({len(images)} {kind}); device {args.device}; "
                 f"max_batch_size {args.max_batch_size}, max_latency_ms {args.max_latency_ms}, batching.sizes "
                 f"{args.batch_sizes}; cuda: {args.conv_algo_search}, prefer_nhwc {args.prefer_nhwc}, cuda_graph "
                 f"{args.cuda_graph}; {'fp16' if args.serve_fp16 else 'fp32'} graphs served; layouts "
