@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.common import cli
-from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, server, store_env
+from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, server, small_images, store_env
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -31,6 +31,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--ensemble", action="store_true", help="load /ensemble (two members) instead of /classify")
     p.add_argument("--idle", action="store_true", help="sample idle threads too: where time is spent waiting")
+    p.add_argument("--images", default="photos", choices=["photos", "small"], help="500x375 photos or 32x32 PNGs")
     p.add_argument("--work", default="runs/serve_load")
     p.add_argument("--out", default="bench/results")
     return p.parse_args(argv)
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> None:
 
     work, env = store_env(args.work)
     prepare_models(["digits"], work)
+    images = photos() if args.images == "photos" else small_images(work)
     if args.ensemble:
-        requests = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in photos()]
+        requests = [loadgen.Request("/ensemble", *loadgen.multipart([img], {"ensemble": "pair"})) for img in images]
     else:
-        requests = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in photos()]
+        requests = [loadgen.Request("/classify", *loadgen.multipart([img])) for img in images]
     serving = work / "serving-profile.yaml"
     serving.write_text(
         "default_model: digits\nmodels: [digits, digits-b]\nensembles: {pair: {members: [digits, digits-b]}}\n"
