@@ -1,13 +1,22 @@
-"""serving.yaml (or $SERVING_CONFIG): which models and ensembles to serve, on what device, with which limits."""
+"""serving.yaml (or $SERVING_CONFIG): which models and ensembles to serve, on what device, with which limits.
+
+The file is described by typed pydantic models (`ServingFile` and its sections), so every key, type, range
+and unknown key is checked in one place; `parse` turns any mistake into one line that names the key path,
+the value and what is expected, and builds the `ServingConfig` the service reads.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from service.voting import VOTINGS
 
@@ -18,22 +27,21 @@ class ConfigError(Exception):
     """A serving.yaml that cannot be served; raised at start-up."""
 
 
-@dataclass
-class Ensemble:
-    members: list[str]
-    voting: str = "soft"
-    weights: list[float] | None = None
+class _Section(BaseModel):
+    # strict: "5" is not a number and 1 is not true, as YAML already types its values; unknown keys are errors
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-@dataclass
-class Limits:
-    max_images_per_request: int = 64
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
-@dataclass
-class CudaOptions:
+class Limits(_Section):
+    max_images_per_request: int = Field(64, ge=1)
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+
+class CudaOptions(_Section):
     """ONNX Runtime CUDA provider options that change speed (service/runtime.py says why each default).
 
     cudnn_conv_algo_search: EXHAUSTIVE benchmarks every cuDNN algorithm on a session's first call per
@@ -43,18 +51,107 @@ class CudaOptions:
     batch size as a CUDA graph and replay it, binding the input and output buffers once.
     """
 
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cudnn_conv_algo_search: Literal[CONV_ALGO_SEARCHES] = "EXHAUSTIVE"
     prefer_nhwc: bool = False
     cuda_graph: bool = False
 
 
-CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+class Ensemble(_Section):
+    members: list[str] = Field(min_length=1, description="a list of at least one served model")
+    voting: Literal[VOTINGS] = "soft"
+    weights: list[float] | None = Field(None, description="one non-negative number per member")
+
+    @model_validator(mode="after")
+    def _weights_fit_members(self) -> Ensemble:
+        self.members = [model_name(m) for m in self.members]
+        if self.weights is not None:
+            if len(self.weights) != len(self.members) or min(self.weights) < 0 or sum(self.weights) <= 0:
+                raise ValueError(
+                    f"{{path}}.weights must be {len(self.members)} non-negative numbers with a positive sum "
+                    f"(one per member), got {self.weights}"
+                )
+        elif self.voting == "weighted":
+            raise ValueError("{path} uses weighted voting but has no weights")
+        return self
+
 
 # max_batch_size: images in one session call. max_latency_ms: a request that waits longer than this for
 # its batch to start is refused with 503. max_wait_ms: how long a free model waits for requests still
 # being decoded before it runs the ones it has (service/batcher.py). sizes: the batch sizes a session
 # call may run at ("auto", a list, or "none"); a batch is padded up to the next one (service/runtime.py).
 BATCHING = {"max_batch_size": 64, "max_latency_ms": 50, "max_wait_ms": 10.0, "sizes": "auto"}
+
+
+class Batching(_Section):
+    max_batch_size: int = Field(BATCHING["max_batch_size"], ge=1)
+    max_latency_ms: int = Field(BATCHING["max_latency_ms"], ge=1)
+    max_wait_ms: float = Field(BATCHING["max_wait_ms"], ge=0)
+    sizes: Any = Field(BATCHING["sizes"], description="auto, none or a list of whole numbers of at least 1")
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, sizes: Any) -> Any:
+        whole = isinstance(sizes, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes
+        )
+        if not (sizes in ("auto", "none") or (whole and sizes)):
+            raise ValueError(
+                f"batching.sizes must be auto, none or a list of whole numbers of at least 1, got {sizes!r}"
+            )
+        return sizes
+
+    @model_validator(mode="after")
+    def _sizes_reach_max_batch_size(self) -> Batching:
+        if isinstance(self.sizes, list) and (
+            len(set(self.sizes)) != len(self.sizes) or max(self.sizes) < self.max_batch_size
+        ):
+            raise ValueError(
+                f"batching.sizes {self.sizes} must be distinct and reach batching.max_batch_size "
+                f"({self.max_batch_size}), so that a full batch runs at one of them"
+            )
+        return self
+
+
+class Decoding(_Section):
+    processes: int = Field(0, ge=0)
+
+
+SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda")
+
+
+class ServingFile(_Section):
+    """The whole file, key for key."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_model: str | None = Field(None, description="text: one of models (default: the first)")
+    models: list[str] = Field(min_length=1, description="a list of at least one model-store tag")
+    ensembles: dict[str, Ensemble] = {}
+    batching: Batching = Batching()
+    workers: int = Field(1, ge=1)
+    decoding: Decoding = Decoding()
+    cuda: CudaOptions = CudaOptions()
+    limits: Limits = Limits()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, raw: Any) -> Any:
+        # `batching:` with nothing under it is YAML's null: the section's defaults
+        if isinstance(raw, dict):
+            return {k: v for k, v in raw.items() if not (k in SECTIONS and v is None)}
+        return raw
+
+    @model_validator(mode="after")
+    def _names(self) -> ServingFile:
+        names = [model_name(m) for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models names a model twice: {self.models}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model '{self.default_model}' is not one of models {names}")
+        for name, ensemble in self.ensembles.items():
+            missing = [m for m in ensemble.members if m not in names]
+            if missing:
+                raise ValueError(f"ensembles.{name} members {missing} must be served models {names}")
+        return self
 
 
 @dataclass
@@ -95,102 +192,98 @@ def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
     return sorted(sizes)
 
 
-def _expect(value: Any, kind: type | tuple, what: str) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{what} must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
+def _at(loc: tuple) -> tuple[Any, FieldInfo | None]:
+    """The type (and field) that the key path `loc` of an error points at in ServingFile."""
+    kind: Any = ServingFile
+    info: FieldInfo | None = None
+    for key in loc:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            info = kind.model_fields.get(str(key))
+            if info is None:
+                return None, None
+            kind = info.annotation
+        else:
+            info = None
+            args = [a for a in t.get_args(kind) if a is not type(None)]
+            if t.get_origin(kind) is dict:
+                kind = args[1]
+            elif t.get_origin(kind) is list:
+                kind = args[0]
+            elif len(args) == 1:  # X | None
+                kind = args[0]
+                if t.get_origin(kind) is list:
+                    kind = t.get_args(kind)[0]
+            else:
+                return None, None
+        if t.get_origin(kind) is Annotated:
+            kind = t.get_args(kind)[0]
+    return kind, info
+
+
+def _expected(kind: Any, info: FieldInfo | None) -> str:
+    """What a key must hold, in words."""
+    if info is not None and info.description:
+        return info.description
+    at_least = next((m.ge for m in (info.metadata if info else []) if hasattr(m, "ge")), None)
+    bound = f" of at least {at_least}" if at_least is not None else ""
+    if t.get_origin(kind) is Literal:
+        values = [str(v) for v in t.get_args(kind)]
+        return f"{', '.join(values[:-1])} or {values[-1]}"
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return f"a mapping of {', '.join(kind.model_fields)}"
+    if t.get_origin(kind) is dict:
+        return "a mapping of names to ensembles"
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    return words.get(kind, "a value of another type") + bound
+
+
+def _path(loc: tuple) -> str:
+    return ".".join(str(k) for k in loc)
+
+
+def _lines(error: ValidationError) -> list[str]:
+    """One message per mistake: the key path, the value and what is expected."""
+    out: list[str] = []
+    unknown: dict[tuple, list[str]] = {}
+    for e in error.errors(include_url=False):
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        elif e["type"] == "value_error":  # the validators above: whole sentences, the section's path left to fill
+            out.append(str(e["ctx"]["error"]).replace("{path}", _path(loc)))
+        elif e["type"] == "missing":
+            out.append(f"{_path(loc)} is missing: it must be {_expected(*_at(loc))}")
+        else:
+            out.append(f"{_path(loc)} must be {_expected(*_at(loc))}, got {e['input']!r}")
+    for loc, keys in unknown.items():
+        kind, _ = _at(loc)
+        valid = list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+        where = _path(loc) or "serving.yaml"
+        out.append(f"unknown {where} keys {sorted(keys)}; valid: {valid}")
+    return out
 
 
 def parse(raw: dict[str, Any]) -> ServingConfig:
-    known = {"device", "default_model", "models", "ensembles", "batching", "limits", "workers", "decoding", "cuda"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"unknown serving.yaml keys {sorted(unknown)}; valid: {sorted(known)}")
-    models = [str(m) for m in _expect(raw.get("models"), list, "models")]
-    if not models:
-        raise ConfigError("models must name at least one model-store tag")
-    names = [model_name(m) for m in models]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"models names a model twice: {models}")
-    device = raw.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-    workers = raw.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
-    default = str(raw.get("default_model", names[0]))
-    if default not in names:
-        raise ConfigError(f"default_model '{default}' is not one of models {names}")
-    ensembles = {}
-    for name, spec in (raw.get("ensembles") or {}).items():
-        spec = _expect(spec, dict, f"ensembles.{name}")
-        members = [model_name(str(m)) for m in _expect(spec.get("members"), list, f"ensembles.{name}.members")]
-        missing = [m for m in members if m not in names]
-        if missing or not members:
-            raise ConfigError(f"ensembles.{name} members {missing or members} must be served models {names}")
-        voting = spec.get("voting", "soft")
-        if voting not in VOTINGS:
-            raise ConfigError(f"ensembles.{name}.voting must be one of {VOTINGS}, got {voting!r}")
-        weights = spec.get("weights")
-        if weights is not None and (len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0):
-            raise ConfigError(
-                f"ensembles.{name}.weights must be {len(members)} non-negative numbers with a positive sum"
-            )
-        if voting == "weighted" and weights is None:
-            raise ConfigError(f"ensembles.{name} uses weighted voting but has no weights")
-        ensembles[str(name)] = Ensemble(members, voting, [float(w) for w in weights] if weights else None)
-    batching = raw.get("batching") or {}
-    unknown_batching = set(batching) - set(BATCHING)
-    if unknown_batching:
-        raise ConfigError(f"unknown batching keys {sorted(unknown_batching)}; valid: {list(BATCHING)}")
-    batching = {**BATCHING, **batching}
-    if int(batching["max_batch_size"]) < 1 or float(batching["max_wait_ms"]) < 0:
-        raise ConfigError("batching.max_batch_size must be at least 1 and batching.max_wait_ms at least 0")
-    sizes = batching["sizes"]
-    if isinstance(sizes, list):
-        if not sizes or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
-            raise ConfigError(f"batching.sizes must be whole numbers of at least 1, got {sizes!r}")
-        if len(set(sizes)) != len(sizes) or max(sizes) < int(batching["max_batch_size"]):
-            raise ConfigError(
-                f"batching.sizes {sizes} must be distinct and reach batching.max_batch_size "
-                f"({batching['max_batch_size']}), so that a full batch runs at one of them"
-            )
-    elif sizes not in ("auto", "none"):
-        raise ConfigError(f"batching.sizes must be auto, none or a list of batch sizes, got {sizes!r}")
-    decoding = _expect(raw.get("decoding") or {}, dict, "decoding")
-    if set(decoding) - {"processes"}:
-        raise ConfigError(f"unknown decoding keys {sorted(set(decoding) - {'processes'})}; valid: ['processes']")
-    processes = decoding.get("processes", 0)
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 0:
-        raise ConfigError(f"decoding.processes must be a whole number of at least 0, got {processes!r}")
-    cuda = _expect(raw.get("cuda") or {}, dict, "cuda")
-    unknown_cuda = set(cuda) - set(CudaOptions.__dataclass_fields__)
-    if unknown_cuda:
-        raise ConfigError(f"unknown cuda keys {sorted(unknown_cuda)}; valid: {list(CudaOptions.__dataclass_fields__)}")
-    cuda = CudaOptions(**cuda)
-    if cuda.cudnn_conv_algo_search not in CONV_ALGO_SEARCHES:
-        raise ConfigError(
-            f"cuda.cudnn_conv_algo_search must be one of {CONV_ALGO_SEARCHES}, got {cuda.cudnn_conv_algo_search!r}"
-        )
-    for key in ("prefer_nhwc", "cuda_graph"):
-        _expect(getattr(cuda, key), bool, f"cuda.{key}")
-    limits = raw.get("limits") or {}
-    unknown_limits = set(limits) - set(Limits.__dataclass_fields__)
-    if unknown_limits:
-        raise ConfigError(f"unknown limits {sorted(unknown_limits)}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {raw!r}")
+    try:
+        file = ServingFile.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_lines(e))) from None
+    batching = file.batching
     return ServingConfig(
-        models=models,
-        default_model=default,
-        device=device,
-        ensembles=ensembles,
-        max_batch_size=int(batching["max_batch_size"]),
-        max_latency_ms=int(batching["max_latency_ms"]),
-        max_wait_ms=float(batching["max_wait_ms"]),
-        batch_sizes=sizes,
-        workers=workers,
-        decode_processes=processes,
-        cuda=cuda,
-        limits=Limits(**{k: int(v) for k, v in limits.items()}),
+        models=[str(m) for m in file.models],
+        default_model=file.default_model or model_name(file.models[0]),
+        device=file.device,
+        ensembles=dict(file.ensembles),
+        max_batch_size=batching.max_batch_size,
+        max_latency_ms=batching.max_latency_ms,
+        max_wait_ms=float(batching.max_wait_ms),
+        batch_sizes=batching.sizes,
+        workers=file.workers,
+        decode_processes=file.decoding.processes,
+        cuda=file.cuda,
+        limits=file.limits,
     )
 
 
@@ -199,7 +292,20 @@ def load(path: str | Path | None = None) -> ServingConfig:
     if not path.is_file():
         raise ConfigError(f"serving config not found: {path} (set SERVING_CONFIG to another file)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return parse(_expect(raw, dict, str(path)))
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    try:
+        return parse({} if raw is None else raw)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {path})") from None
+
+
+def load_or_exit(path: str | Path | None = None) -> ServingConfig:
+    """`load`, or one clear line on stderr and exit status 2 instead of a traceback through BentoML's CLI: what
+    the service runs at import, which is the first thing `bentoml serve` does."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(f"error: serving config: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

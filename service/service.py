@@ -19,7 +19,6 @@ import gc
 import logging
 import multiprocessing
 import os
-import sys
 import typing as t
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -40,11 +39,7 @@ from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 from service.voting import vote
 
-try:
-    CONFIG = serving_config.load()
-except serving_config.ConfigError as e:  # one clear line instead of a traceback through bentoml's CLI
-    print(f"error: serving config: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+CONFIG = serving_config.load_or_exit()  # a bad file: one line on stderr and exit status 2
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 

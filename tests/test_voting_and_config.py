@@ -68,7 +68,7 @@ def test_config_parses_and_refuses_mistakes():
         ({**GOOD, "limits": {"max_images": 3}}, "unknown limits"),
         ({**GOOD, "modelz": []}, "unknown serving.yaml keys"),
         ({**GOOD, "batching": {"max_wait": 5}}, "unknown batching keys \\['max_wait'\\]"),
-        ({**GOOD, "batching": {"max_batch_size": 0}}, "max_batch_size must be at least 1"),
+        ({**GOOD, "batching": {"max_batch_size": 0}}, "batching.max_batch_size must be a whole number of at least 1"),
         ({**GOOD, "workers": 0}, "workers must be a whole number of at least 1"),
         ({"models": []}, "at least one model"),
     ]:

@@ -1,0 +1,157 @@
+"""Every mistake in serving.yaml stops the service with one line on stderr and exit status 2: the key path, the
+value and what is expected, never a traceback. The table runs through `load_or_exit`, the code the service runs
+at import; a few files run through `import service.service` in a subprocess, and one through `bentoml serve`,
+which shows both are the path a real start-up takes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import load_or_exit
+from tests.conftest import ROOT
+
+GOOD = """
+device: cpu
+default_model: a
+models: [a, b]
+ensembles:
+  pair: {members: [a, b], voting: weighted, weights: [2, 1]}
+batching: {max_batch_size: 8, max_latency_ms: 100, max_wait_ms: 5, sizes: [1, 4, 8]}
+workers: 1
+decoding: {processes: 0}
+cuda: {cudnn_conv_algo_search: HEURISTIC, prefer_nhwc: false, cuda_graph: false}
+limits: {max_images_per_request: 4, max_image_bytes: 1000, max_image_pixels: 1000}
+"""
+
+# (a line of GOOD replaced by another, or text appended, what the error line must say)
+BAD = [
+    # wrong type for each key
+    (("device: cpu", "device: 1"), "device must be auto, cpu or cuda, got 1"),
+    (("default_model: a", "default_model: [a]"), "default_model must be text"),
+    (("models: [a, b]", "models: a"), "models must be a list of at least one model-store tag, got 'a'"),
+    (("models: [a, b]", "models: [a, 2]"), "models.1 must be text, got 2"),
+    (("  pair: {members: [a, b], voting: weighted, weights: [2, 1]}", "  pair: [a, b]"),
+     "ensembles.pair must be a mapping of members, voting, weights, got ['a', 'b']"),
+    (("weights: [2, 1]", "weights: [2, one]"), "ensembles.pair.weights.1 must be a number, got 'one'"),
+    (("voting: weighted", "voting: majority"), "ensembles.pair.voting must be soft, weighted or hard, got 'majority'"),
+    (("max_batch_size: 8,", "max_batch_size: eight,"),
+     "batching.max_batch_size must be a whole number of at least 1, got 'eight'"),
+    (("max_latency_ms: 100", "max_latency_ms: 1.5"),
+     "batching.max_latency_ms must be a whole number of at least 1, got 1.5"),
+    (("max_wait_ms: 5", "max_wait_ms: soon"), "batching.max_wait_ms must be a number of at least 0, got 'soon'"),
+    (("sizes: [1, 4, 8]", "sizes: fixed"),
+     "batching.sizes must be auto, none or a list of whole numbers of at least 1, got 'fixed'"),
+    (("workers: 1", "workers: two"), "workers must be a whole number of at least 1, got 'two'"),
+    (("workers: 1", "workers: true"), "workers must be a whole number of at least 1, got True"),
+    (("processes: 0", "processes: 0.5"), "decoding.processes must be a whole number of at least 0, got 0.5"),
+    (("prefer_nhwc: false", "prefer_nhwc: 'no'"), "cuda.prefer_nhwc must be true or false, got 'no'"),
+    (("cudnn_conv_algo_search: HEURISTIC", "cudnn_conv_algo_search: 1"),
+     "cuda.cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got 1"),
+    (("max_image_bytes: 1000", "max_image_bytes: 10MB"),
+     "limits.max_image_bytes must be a whole number of at least 1, got '10MB'"),
+    (("limits: {", "limits: [1] #{"),
+     "limits must be a mapping of max_images_per_request, max_image_bytes, max_image_pixels, got [1]"),
+    # negative and zero sizes
+    (("max_images_per_request: 4", "max_images_per_request: -4"),
+     "limits.max_images_per_request must be a whole number of at least 1, got -4"),
+    (("max_image_pixels: 1000", "max_image_pixels: 0"),
+     "limits.max_image_pixels must be a whole number of at least 1, got 0"),
+    (("max_batch_size: 8,", "max_batch_size: -8,"),
+     "batching.max_batch_size must be a whole number of at least 1, got -8"),
+    (("max_wait_ms: 5", "max_wait_ms: -5"), "batching.max_wait_ms must be a number of at least 0, got -5"),
+    (("sizes: [1, 4, 8]", "sizes: [-1, 8]"),
+     "batching.sizes must be auto, none or a list of whole numbers of at least 1, got [-1, 8]"),
+    (("processes: 0", "processes: -2"), "decoding.processes must be a whole number of at least 0, got -2"),
+    (("sizes: [1, 4, 8]", "sizes: [1, 4]"),
+     "batching.sizes [1, 4] must be distinct and reach batching.max_batch_size (8)"),
+    # unknown keys at each level
+    (("workers: 1", "worker: 1"), "unknown serving.yaml keys ['worker']; valid: ['device', 'default_model', 'models'"),
+    (("max_wait_ms: 5", "max_wait: 5"),
+     "unknown batching keys ['max_wait']; valid: ['max_batch_size', 'max_latency_ms', 'max_wait_ms', 'sizes']"),
+    (("processes: 0", "threads: 0"), "unknown decoding keys ['threads']; valid: ['processes']"),
+    (("cuda_graph: false", "cuda_graphs: false"),
+     "unknown cuda keys ['cuda_graphs']; valid: ['cudnn_conv_algo_search', 'prefer_nhwc', 'cuda_graph']"),
+    (("max_image_pixels: 1000", "max_pixels: 1000"),
+     "unknown limits keys ['max_pixels']; valid: ['max_images_per_request'"),
+    (("weights: [2, 1]", "weights: [2, 1], wieghts: [1, 1]"),
+     "unknown ensembles.pair keys ['wieghts']; valid: ['members', 'voting', 'weights']"),
+    # weights that do not fit the members, ensembles and defaults naming unknown models
+    (("weights: [2, 1]", "weights: [2, 1, 1]"),
+     "ensembles.pair.weights must be 2 non-negative numbers with a positive sum (one per member), got [2.0, 1.0, 1.0]"),
+    (("weights: [2, 1]", "weights: [-1, 2]"),
+     "ensembles.pair.weights must be 2 non-negative numbers with a positive sum"),
+    (("weights: [2, 1]", "weights: [0, 0]"),
+     "ensembles.pair.weights must be 2 non-negative numbers with a positive sum"),
+    ((", weights: [2, 1]", ""), "ensembles.pair uses weighted voting but has no weights"),
+    (("members: [a, b]", "members: [a, c]"), "ensembles.pair members ['c'] must be served models ['a', 'b']"),
+    (("members: [a, b]", "members: []"), "ensembles.pair.members must be a list of at least one served model, got []"),
+    (("default_model: a", "default_model: c"), "default_model 'c' is not one of models ['a', 'b']"),
+    (("models: [a, b]", "models: [a, 'a:v2']"), "models names a model twice: ['a', 'a:v2']"),
+    (("models: [a, b]", "models: []"), "models must be a list of at least one model-store tag, got []"),
+    # the file itself
+    (("device: cpu", "device: [cpu"), "is not valid YAML"),
+    (("device: cpu", "- device: cpu"), "is not valid YAML"),
+]  # fmt: skip
+
+
+def write(config: str, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(config)
+    return path
+
+
+def start_up(path: Path, command: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SERVING_CONFIG": str(path), "BENTOML_DO_NOT_TRACK": "true"}
+    command = command or [sys.executable, "-c", "import service.service"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def one_line(returncode: int, stderr: str) -> str:
+    assert returncode == 2, (returncode, stderr[-3000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[0].startswith("error: serving config: "), lines[0]
+    return lines[0]
+
+
+def test_the_good_file_parses(tmp_path):
+    config = load_or_exit(write(GOOD, tmp_path, "good"))
+    assert config.ensembles["pair"].weights == [2.0, 1.0] and config.batch_sizes == [1, 4, 8]
+    assert config.cuda.cudnn_conv_algo_search == "HEURISTIC" and config.limits.max_image_pixels == 1000
+    for (old, _), _message in BAD:
+        assert old in GOOD, old  # every bad file really differs from the good one
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[new or f"no {old}" for (old, new), _ in BAD])
+def test_each_bad_serving_yaml_is_one_line_and_exit_2(change, message, tmp_path, capsys):
+    path = write(GOOD.replace(*change, 1), tmp_path, "bad")
+    with pytest.raises(SystemExit) as stop:
+        load_or_exit(path)
+    line = one_line(stop.value.code, capsys.readouterr().err)
+    assert message in line, line
+    assert line.endswith(f"(in {path})") or f"{path} is not valid YAML" in line, line
+
+
+def test_the_service_stops_on_those_lines_at_import(tmp_path, capsys):
+    """`import service.service` (what `bentoml serve` imports) prints the same line as `load_or_exit`."""
+    for i in (0, 20, 26, 31, 35, 40):  # a type, a range, an unknown key, weights, an unknown model, bad YAML
+        path = write(GOOD.replace(*BAD[i][0], 1), tmp_path, f"bad{i}")
+        with pytest.raises(SystemExit):
+            load_or_exit(path)
+        expected = capsys.readouterr().err.strip()
+        result = start_up(path)
+        assert one_line(result.returncode, result.stderr) == expected and BAD[i][1] in expected
+
+
+@pytest.mark.slow
+def test_bentoml_serve_stops_on_the_same_line(tmp_path):
+    path = write(GOOD.replace("max_wait_ms: 5", "max_wait_ms: soon"), tmp_path, "serve")
+    expected = one_line(*(lambda r: (r.returncode, r.stderr))(start_up(path)))
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    result = start_up(path, [bentoml, "serve", "--port", "0"])
+    assert one_line(result.returncode, result.stderr) == expected
