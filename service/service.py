@@ -25,6 +25,8 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+from bentoml._internal.service.openapi.specification import MediaType, Reference, Schema
+from bentoml._internal.service.openapi.specification import Response as OpenAPIResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
@@ -131,7 +133,7 @@ def _ranked(labels: list[str], scores: np.ndarray, order: np.ndarray, k: int) ->
 class ClassifyInput(Form):
     images: list[Upload] = Field(description="the images: one multipart file part each, all named 'images'")
     top_k: int = Field(5, description="how many of the most probable labels to return per image (at least 1)")
-    model: str = Field(CONFIG.default_model, description="a served model's name (GET the list from /models)")
+    model: str = Field(CONFIG.default_model, description="a served model's name (the list: POST /models)")
 
 
 class EnsembleInput(Form):
@@ -143,6 +145,43 @@ class EnsembleInput(Form):
 
 class ModelsInput(Form):
     """No fields: any field sent is refused."""
+
+
+# What each route really answers besides 200: the status, when, and always the service's own body {"error": str}
+# (`_error`, and service/timeout.py's 504). BentoML documents every route with its generic 400/404/500 bodies
+# (`{"error": str, "detail": str}`: _bentoml_sdk/service/openapi.py, `error_responses`), which this service
+# never sends: its routes parse their own requests (service/upload.py, `Form`).
+REFUSALS = {
+    400: "a malformed request: an unknown or misspelt field, text or a URL where image files belong, a body that "
+    "is not multipart/form-data or JSON, top_k not a whole number of at least 1, an unknown voting rule, an "
+    "empty, truncated or corrupt image",
+    404: "an unknown model or ensemble",
+    413: "more images than limits.max_images_per_request, or an image over limits.max_image_bytes or "
+    "limits.max_image_pixels",
+    415: "a part that is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM, MPO), or a body "
+    "of another media type than multipart/form-data or JSON",
+    500: "an unexpected server error (a bug: the server log has the traceback)",
+    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start",
+    504: "not answered within the request timeout (60 s)",
+}
+ROUTE_STATUSES = {
+    "/classify": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
+    "/ensemble": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
+    "/models": {
+        400: "an unknown field (the route takes none), or a body that is not valid JSON or a valid form",
+        415: "a body of another media type than JSON or a form",
+        500: REFUSALS[500],
+        504: REFUSALS[504],
+    },
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "title": "Error",
+    "description": "Every refusal: one message that names the problem, the field or image, and what to send",
+    "properties": {"error": {"type": "string", "title": "Message"}},
+    "required": ["error"],
+    "additionalProperties": False,
+}
 
 
 # One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
@@ -334,3 +373,31 @@ class Classifier(_StoredModels):
         ensembles = {name: {"members": e.members, "voting": e.voting, "weights": e.weights}
                      for name, e in CONFIG.ensembles.items()}  # fmt: skip
         return {"default_model": CONFIG.default_model, "models": self.models, "ensembles": ensembles}
+
+
+class _DocumentedService(type(Classifier)):
+    """The service with an OpenAPI document (/docs.json) that lists, for each route, the statuses it answers and
+    their real body. /docs.json serves `service.openapi_spec` (_bentoml_impl/server/app.py, `openapi_spec_view`),
+    a property of BentoML's Service class, regenerated each time: this subclass edits what it returns."""
+
+    __slots__ = ()  # the same layout as BentoML's (attrs, slotted) Service, so an instance can take this class
+
+    @property
+    def openapi_spec(self) -> t.Any:
+        spec = super().openapi_spec
+        schemas = spec.components["schemas"]
+        for name in ("InvalidArgument", "NotFound", "InternalServerError"):  # BentoML's bodies, unused here
+            schemas.pop(name, None)
+        schemas["Error"] = Schema(**ERROR_SCHEMA)
+        error = MediaType(schema=Reference("#/components/schemas/Error"))
+        for route, statuses in ROUTE_STATUSES.items():
+            responses = spec.paths[route].post["responses"]
+            ok = responses[200]
+            responses.clear()
+            responses[200] = ok
+            for status, description in statuses.items():
+                responses[status] = OpenAPIResponse(description=description, content={"application/json": error})
+        return spec
+
+
+Classifier.__class__ = _DocumentedService

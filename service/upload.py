@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from _bentoml_impl.serde import MultipartSerde
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.io_models import IODescriptor
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic import ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
 from pydantic_core import core_schema
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -197,6 +197,9 @@ class Form(IODescriptor):
     BentoML calls `from_http_request` on a route's input spec for every request
     (_bentoml_impl/server/app.py, `ServiceAppFactory.api_endpoint`) and passes the model's fields to the route as
     keyword arguments; a refused request gets the fields' defaults (and no files)."""
+
+    # unknown fields are refused (`_check_names`): the request schemas say so (additionalProperties: false)
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: t.Any) -> Form:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import jsonschema
 import pytest
 
 from tests.conftest import ROOT, quick_config
@@ -36,6 +37,9 @@ batching: {max_batch_size: 16, max_latency_ms: 5000}
 limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000}
 """
 HINT = "curl -F images=@digit.png"
+ANSWERS: list[
+    tuple[str, httpx.Response]
+] = []  # (route, response) of every request the module made, for the schema test
 NOT_A_FILE = "field 'images' must be image files sent as multipart file parts"
 
 
@@ -225,12 +229,14 @@ def test_malformed_requests_get_a_4xx_that_says_what_to_send(server, png, store)
     ]  # fmt: skip
     for route, kwargs, status, parts in cases:
         response = httpx.post(f"{server}/{route}", timeout=30, **kwargs)
+        ANSWERS.append((f"/{route}", response))
         assert response.status_code == status, (route, kwargs.keys(), response.status_code, response.text)
         message = error_of(response)
         for part in parts:
             assert part in message, (part, message)
     # good requests still answer, through the same parser
     ok = httpx.post(f"{server}/classify", files=[file], data={"top_k": "2", "model": '"digits-small"'}, timeout=30)
+    ANSWERS.append(("/classify", ok))
     assert ok.status_code == 200 and len(ok.json()[0]["top_k"]) == 2, ok.text
     assert httpx.post(f"{server}/models", timeout=30).status_code == 200
     assert httpx.post(f"{server}/models", data={}, timeout=30).status_code == 200  # curl -X POST -d ''
@@ -260,3 +266,45 @@ def test_bentoml_clients_call_every_route(server, digits_root):
             assert (await client.list_models())["default_model"] == "digits-small"
 
     asyncio.run(call())
+
+
+def test_every_answer_fits_the_openapi_document(server, png):
+    """/docs.json lists, for each route, exactly the statuses the service answers, each with the body it sends:
+    every response above (good and bad) and more below must be documented for its route and fit that schema."""
+    document = httpx.get(f"{server}/docs.json", timeout=30).json()
+    file = ("images", ("digit.png", png, "image/png"))
+    more = [
+        ("/classify", {"files": [file, file]}),
+        ("/ensemble", {"files": [file], "data": {"voting": "hard", "top_k": "3"}}),
+        ("/models", {}),
+        ("/models", {"content": b"hello", "headers": {"content-type": "text/plain"}}),
+        ("/models", {"content": b"{", "headers": {"content-type": "application/json"}}),
+        ("/ensemble", {"files": [("images", ("x.gif", b"GIF89a", "image/gif"))]}),
+        ("/ensemble", {"files": [file] * 5}),
+        ("/ensemble", {"files": [file], "data": {"ensemble": "nope"}}),
+        ("/ensemble", {"files": [file], "data": {"top_k": "x"}}),
+        ("/classify", {"files": [file], "data": {"model": "nope"}}),
+        ("/classify", {"files": [("image", ("digit.png", png, "image/png"))]}),
+        ("/classify", {"files": [file] * 5}),
+        ("/classify", {"files": [("images", ("x.txt", b"text", "text/plain"))]}),
+    ]
+    # with the answers of the tests above when they ran first (this test does not need them)
+    answers = ANSWERS + [(route, httpx.post(f"{server}{route}", timeout=30, **kw)) for route, kw in more]
+    seen: dict[str, set[int]] = {}
+    for route, response in answers:
+        responses = document["paths"][route]["post"]["responses"]
+        assert str(response.status_code) in responses, (route, response.status_code, sorted(responses))
+        schema = responses[str(response.status_code)]["content"]["application/json"]["schema"]
+        # the document's own components resolve the schema's references
+        jsonschema.validate(response.json(), {**schema, "components": document["components"]})
+        seen.setdefault(route, set()).add(response.status_code)
+    # what the document declares is what the routes answer: each status seen here, and the ones a test cannot
+    # cause cheaply (500: a bug; 503: overload; 504: the 60-s timeout) send the same documented error body
+    for route in ("/classify", "/ensemble", "/models"):
+        documented = {int(s) for s in document["paths"][route]["post"]["responses"]}
+        assert documented - seen[route] <= {500, 503, 504}, (route, documented, seen[route])
+    error = {"$ref": "#/components/schemas/Error", "components": document["components"]}
+    jsonschema.validate({"error": "overloaded: 3 requests waited over 50 ms"}, error)
+    with pytest.raises(jsonschema.ValidationError):  # BentoML's own error bodies do not fit it
+        jsonschema.validate({"error": "1 validation error", "detail": [{"loc": ["top_k"]}]}, error)
+    assert not {"InvalidArgument", "NotFound", "InternalServerError"} & set(document["components"]["schemas"])
