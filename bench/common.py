@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from training.errors import UserError
+from core.errors import UserError
 
 
 def device_name(device: torch.device) -> str:

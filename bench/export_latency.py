@@ -47,11 +47,11 @@ import onnxruntime as ort
 import torch
 
 from bench.common import cli, device_name, sync, write_report
-from export import metadata
+from core import metadata
+from core.errors import UserError
 from export.graph import PixelClassifier, sha256_of
 from training import checkpoint as ckpt
 from training.distributed import resolve_device
-from training.errors import UserError
 from training.models import model_from_checkpoint
 
 DEFAULT_BATCHES = [1, 8, 32]

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from fastapi import FastAPI, UploadFile
 from fastapi.responses import JSONResponse
 
-from export import metadata
+from core import metadata
 from service.config import Limits
 from service.decode import InputError, decode
 

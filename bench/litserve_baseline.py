@@ -18,7 +18,7 @@ import litserve as ls
 import numpy as np
 import onnxruntime as ort
 
-from export import metadata
+from core import metadata
 from service.config import Limits
 from service.decode import decode
 

@@ -63,7 +63,7 @@ def bad_inputs() -> list[tuple[bytes, int]]:
 
 
 def expected_labels(graph_path: Path, images: list[tuple[str, bytes]]) -> list[str]:
-    from export import metadata
+    from core import metadata
     from service.config import Limits
     from service.decode import decode
     from service.runtime import Graph

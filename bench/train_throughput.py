@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from bench.common import cli, device_name, sync, write_report
+from core.errors import UserError
 from training.config import DEFAULTS
 from training.distributed import resolve_device
 from training.engine import autocast
-from training.errors import UserError
 from training.models import build_model, supported_archs
 
 DEFAULT_ARCHS = ["resnet18", "resnet34", "resnet50", "efficientnet_v2_s"]

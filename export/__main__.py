@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from training.errors import UserError
+from core import devices
+from core.errors import UserError, one_line
 
 VERIFY_FAILED = 1
 
@@ -32,7 +33,7 @@ def _single_parser() -> argparse.ArgumentParser:
         help="best: the weights the run selected (EMA when it kept one)",
     )
     p.add_argument("--store", metavar="NAME", help="also import into the BentoML model store as NAME")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, help="ONNX opset (default: export.graph.OPSET)")
     p.add_argument("--data", help="dataset root for the verification images (default: the checkpoint's)")
     p.add_argument("--verify-images", type=int, default=256, help="how many validation images to compare on")
     return p
@@ -47,16 +48,8 @@ def _ensemble_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _providers() -> list[str]:
-    import torch
-
-    if torch.cuda.is_available():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 def export_single(args: argparse.Namespace) -> int:
-    from export.graph import export_onnx
+    from export.graph import OPSET, export_onnx
     from export.store import check_name
     from export.verify import verification_images, verify_export
     from training import checkpoint as ckpt
@@ -68,9 +61,10 @@ def export_single(args: argparse.Namespace) -> int:
     weights = resolve_weights(checkpoint, args.weights)
     images = verification_images(checkpoint, args.data, args.verify_images)
     start = time.perf_counter()
-    out, meta = export_onnx(checkpoint, args.checkpoint, args.out, fp16=args.fp16, weights=weights, opset=args.opset)
+    out, meta = export_onnx(checkpoint, args.checkpoint, args.out, fp16=args.fp16, weights=weights,
+                            opset=OPSET if args.opset is None else args.opset)  # fmt: skip
     print(f"exported {checkpoint['arch']} ({weights} weights) to {out} in {time.perf_counter() - start:.1f}s")
-    figures = verify_export(out, checkpoint, weights, args.fp16, images, _providers())
+    figures = verify_export(out, checkpoint, weights, args.fp16, images, devices.providers())
     print(f"verify: {json.dumps(figures)}")
     if not figures["passed"]:
         out.unlink()
@@ -87,7 +81,7 @@ def export_ensemble(args: argparse.Namespace) -> int:
     import numpy as np
     import onnx
 
-    from export import metadata
+    from core import metadata
     from export.ensemble import fuse
     from export.store import check_name
     from export.verify import check_graph, compare, session
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return export_ensemble(_ensemble_parser().parse_args(argv[1:]))
         return export_single(_single_parser().parse_args(argv))
     except UserError as e:
-        print(f"error: {str(e).strip().splitlines()[-1].split('UserError: ')[-1]}", file=sys.stderr)
+        print(one_line(e), file=sys.stderr)
         return 2
 
 

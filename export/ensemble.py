@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export import metadata
-from training.errors import UserError
+from core import metadata
+from core.errors import UserError
 
 GEOMETRY = ("resize_size", "crop_size", "interpolation")
 

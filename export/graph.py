@@ -17,8 +17,8 @@ import onnx
 import torch
 from torch import nn
 
-from export import metadata
-from training.errors import UserError
+from core import metadata
+from core.errors import UserError
 from training.models import model_from_checkpoint, resolve_weights
 
 OPSET = 18

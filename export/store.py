@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export.metadata import MODEL_FILE
-from training.errors import UserError
+from core import metadata
+from core.errors import UserError
 
 
 def check_name(name: str) -> None:
@@ -37,14 +37,10 @@ def store_model(onnx_path: str | Path, name: str, meta: dict[str, Any]) -> str:
         "precision": str(meta.get("precision", "fp32")),
         "input": f"uint8[N,{meta['crop_size']},{meta['crop_size']},3]",
     }
-    info = {k: meta[k] for k in ("labels", "arch", "resize_size", "crop_size", "interpolation", "mean", "std",
-                                 "source_sha256", "metrics", "format_version") if k in meta}  # fmt: skip
-    for key in ("members", "weights", "voting", "precision", "dataset"):
-        if key in meta:
-            info[key] = meta[key]
+    info = metadata.stored(meta)
     try:
         with bentoml.models.create(name, labels=labels, metadata=info) as model:
-            shutil.copy(onnx_path, model.path_of(MODEL_FILE))
+            shutil.copy(onnx_path, model.path_of(metadata.MODEL_FILE))
     except (BentoMLException, ValueError) as e:
         raise UserError(f"cannot store model as '{name}': {e}") from None
     return str(model.tag)

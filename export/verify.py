@@ -1,9 +1,9 @@
 """Every export checks itself: onnx.checker, then ONNX Runtime against PyTorch on real images.
 
 The PyTorch side is exactly what `python -m training evaluate` does (training's eval transform,
-the checkpoint's weights, softmax); the ONNX side is what the service does (export.preprocess on the
-same decoded image, then the graph). Thresholds from DESIGN.md: fp32 max |diff| <= 1e-4 with identical
-top-1; fp16 top-1 agreement >= 99.5%.
+the checkpoint's weights, softmax); the ONNX side is what the service does (core.preprocess on the
+same decoded image, then the graph). Thresholds from docs/contract.md ("Export CLI"): fp32 max |diff|
+<= 1e-4 with identical top-1; fp16 top-1 agreement >= 99.5%.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.preprocess import prepare
+from core.errors import UserError
+from core.preprocess import prepare
 from training.data import build_splits
-from training.errors import UserError
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from service.voting import VOTINGS
+from core.voting import VOTINGS
 
 DEFAULT_PATH = "serving.yaml"
 
@@ -79,7 +79,10 @@ class Ensemble(_Section):
 # its batch to start is refused with 503. max_wait_ms: how long a free model waits for requests still
 # being decoded before it runs the ones it has (service/batcher.py). sizes: the batch sizes a session
 # call may run at ("auto", a list, or "none"); a batch is padded up to the next one (service/runtime.py).
-BATCHING = {"max_batch_size": 64, "max_latency_ms": 50, "max_wait_ms": 10.0, "sizes": "auto"}
+# max_latency_ms is 1000, the value serving.yaml ships: it sheds an overloaded model's queue, it is not a
+# wait, and 50 ms is below the p50 of 16 clients on the 2-core machine (222 ms, bench/README.md), so it
+# would refuse working traffic.
+BATCHING = {"max_batch_size": 64, "max_latency_ms": 1000, "max_wait_ms": 10.0, "sizes": "auto"}
 
 
 class Batching(_Section):
@@ -116,18 +119,7 @@ class Decoding(_Section):
     processes: int = Field(0, ge=0)
 
 
-class Observability(_Section):
-    """What BentoML adds to every request besides /metrics (bench/README.md has what each costs).
-
-    access_log: one INFO line per request. tracing: an OpenTelemetry span per request on the classification
-    routes; BentoML exports spans only where its own configuration names an exporter (`tracing.exporter_type`),
-    so without one the spans are made and dropped."""
-
-    access_log: bool = True
-    tracing: bool = False
-
-
-SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability")
+SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda")
 
 
 class ServingFile(_Section):
@@ -142,7 +134,6 @@ class ServingFile(_Section):
     decoding: Decoding = Decoding()
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
-    observability: Observability = Observability()
 
     @model_validator(mode="before")
     @classmethod
@@ -180,7 +171,6 @@ class ServingConfig:
     decode_processes: int = 0
     cuda: CudaOptions = field(default_factory=CudaOptions)
     limits: Limits = field(default_factory=Limits)
-    observability: Observability = field(default_factory=Observability)
 
 
 def model_name(tag: str) -> str:
@@ -297,7 +287,6 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         decode_processes=file.decoding.processes,
         cuda=file.cuda,
         limits=file.limits,
-        observability=file.observability,
     )
 
 

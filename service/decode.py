@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from export.images import to_rgb
-from export.preprocess import prepare
+from core.images import to_rgb
+from core.preprocess import prepare
 from service.config import Limits
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")

@@ -11,7 +11,6 @@ algorithm search, or the CUDA graph capture) at start-up, before the service rep
 
 from __future__ import annotations
 
-import glob
 import logging
 import time
 from pathlib import Path
@@ -20,32 +19,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export import metadata
+from core import metadata
+from core.devices import CUDA, DeviceError, uses_gpu  # the provider choice, shared with the export check
 from service.config import CudaOptions
 
 logger = logging.getLogger(__name__)
-CUDA = "CUDAExecutionProvider"
 # the axis that holds the images in each output a graph may have (an ensemble graph's member_probabilities
 # is [members, N, classes]); every other output is batch-first
 BATCH_AXIS = {"member_probabilities": 1}
-
-
-class DeviceError(Exception):
-    """`device: cuda` asked for, but ONNX Runtime cannot run on a GPU here."""
-
-
-def gpu_present() -> bool:
-    """An NVIDIA device node exists. onnxruntime-gpu lists the CUDA provider even on machines without
-    a GPU and then falls back to the CPU with an error log, so its own list does not answer this."""
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
-
-
-def uses_gpu(device: str) -> bool:
-    """Whether `device` (auto | cpu | cuda) runs on the CUDA provider here; cuda that cannot is an error."""
-    cuda = CUDA in ort.get_available_providers()
-    if device == "cuda" and not cuda:
-        raise DeviceError("device: cuda, but this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    return device == "cuda" or (device == "auto" and cuda and gpu_present())
 
 
 def cuda_provider_options(cuda: CudaOptions) -> dict[str, str]:

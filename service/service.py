@@ -31,15 +31,15 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from export import metadata
-from export.metadata import MODEL_FILE
+from core import metadata
+from core.metadata import MODEL_FILE
+from core.voting import vote
 from service import config as serving_config
 from service import runtime, timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
-from service.voting import vote
 
 CONFIG = serving_config.load_or_exit()  # a bad file: one line on stderr and exit status 2
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
@@ -198,19 +198,11 @@ def _stored(i: int) -> bentoml.Model:
     return stored
 
 
-# The routes whose requests get no OpenTelemetry span unless serving.yaml asks for tracing: BentoML's tracing
-# middleware (opentelemetry.instrumentation.asgi, added for every request by _bentoml_impl/server/app.py,
-# `ServiceAppFactory.middlewares`) took about a fifth of the event loop on 32x32 uploads (bench/README.md).
-ROUTES = ("/classify", "/ensemble", "/models")
-
-
 @bentoml.service(
     name="classifier",
     workers=CONFIG.workers,
     traffic={"timeout": 60},
     resources={"gpu": 1} if CONFIG.device == "cuda" else {},
-    logging={"access": {"enabled": CONFIG.observability.access_log}},
-    tracing={} if CONFIG.observability.tracing else {"excluded_urls": list(ROUTES)},
 )
 class Classifier(_StoredModels):
     def __init__(self) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UserError
 from tests.conftest import ROOT
 from training.config import DEFAULTS, load_config, parse_overrides, valid_keys
-from training.errors import UserError
 
 # every recipe in configs/, so that a new one is loaded without being listed here
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import UserError
 from training.config import DEFAULTS
 from training.data import build_splits
-from training.errors import UserError
 
 
 def data_cfg(**kw) -> dict:

@@ -104,6 +104,10 @@ def test_corrupt_or_foreign_checkpoint(capsys, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     assert "not a checkpoint of this project: missing arch" in error_line(capsys, ["evaluate", tmp_path / "foreign.pt"])
     assert "checkpoint not found" in error_line(capsys, ["evaluate", tmp_path / "missing.pt"])
+    keys = {"arch": "resnet18", "num_classes": 2, "labels": ["a", "b"], "preprocess": {}, "config": {}, "model": {}}
+    torch.save({**keys, "format_version": 2}, tmp_path / "newer.pt")
+    err = error_line(capsys, ["evaluate", tmp_path / "newer.pt"])
+    assert "checkpoint format_version 2, newer than the 1 this code reads" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

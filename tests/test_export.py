@@ -15,10 +15,11 @@ import pytest
 import skimage
 import torch
 
-from export import metadata, verify
+from core import metadata
+from core.images import open_rgb
+from core.preprocess import prepare
+from export import verify
 from export.__main__ import main as export_main
-from export.images import open_rgb
-from export.preprocess import prepare
 from tests.conftest import ROOT, quick_config
 from training import checkpoint as ckpt
 from training.fit import fit
@@ -117,7 +118,7 @@ def test_dynamic_batch_gives_the_same_answer_per_image(resnet_onnx):
 def test_service_preprocessing_equals_training_eval_on_real_photos(
     photo, trained_digits, effnet_checkpoint, resnet_onnx, effnet_export
 ):
-    """(a) training's eval transform + PyTorch and (b) export.preprocess + the ONNX graph agree to 1e-4."""
+    """(a) training's eval transform + PyTorch and (b) core.preprocess + the ONNX graph agree to 1e-4."""
     image = open_rgb(SKIMAGE_DATA / photo)
     for checkpoint_path, graph in ((trained_digits / "best.pt", resnet_onnx), (effnet_checkpoint, effnet_export[0])):
         best = ckpt.load(checkpoint_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.images import open_rgb
+from core.images import open_rgb
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> io.BytesIO:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UserError
 from training.config import DEFAULTS
-from training.errors import UserError
 from training.mix import BatchMixer, cutmix, mixup
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.models import get_model
 
+from core.errors import UserError
 from training.config import DEFAULTS
-from training.errors import UserError
 from training.models import build_model, find_head, model_from_checkpoint, weights_preprocess
 
 NAMED = ["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]

@@ -23,7 +23,7 @@ import skimage
 import torch
 from PIL import Image
 
-from export.images import open_rgb
+from core.images import open_rgb
 from tests.conftest import ROOT, quick_config, run_cli
 from training import checkpoint as ckpt
 from training.fit import fit

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import UserError
 from training.config import DEFAULTS, load_config
 from training.digits import write_digits
-from training.errors import UserError
 from training.kd import Teachers, kd_loss
 from training.optim import lr_factor
 from training.progressive import DropoutSchedule, plan_stages

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.errors import UserError, one_line
 from training.config import parse_overrides
-from training.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             fit_runs(_recipe(args, {}), args.out, args.runs, resume=args.resume)
         elif args.command == "distill":
             from training.fit import fit
-            from training.kd import Distill
+            from training.kd import DistillationTask
 
             flags = {"distill.teachers": args.teacher, "distill.unlabeled": args.unlabeled}
             config = _recipe(args, flags)
-            fit(config, args.out, resume=args.resume, task=Distill(config["distill"]))
+            fit(config, args.out, resume=args.resume, task=DistillationTask(config["distill"]))
         elif args.command == "self-train":
             from training.self_train import self_train
 
@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
             print(write_digits(args.out, args.label_fraction))
     except UserError as e:
-        # DataLoader workers re-raise with the worker's traceback prepended; keep the message only
-        message = str(e).strip().splitlines()[-1].split("UserError: ")[-1]
-        print(f"error: {message}", file=sys.stderr)
+        print(one_line(e), file=sys.stderr)
         return 2
     return 0
 

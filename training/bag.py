@@ -5,7 +5,7 @@ and by per-member recipe variants (another arch, other augmentation).
 
 runs/NAME/member<i>/ are ordinary runs. runs/NAME/ gets report.md, summary.json and members.png:
 each member's accuracy, their mean +- std, the soft and hard vote of all members and the gain of
-the vote over the mean member. Votes are the service's own (`service.voting`), so the figures here
+the vote over the mean member. Votes are the service's own (`core.voting`), so the figures here
 are what `/ensemble` answers. The command ends by printing the lines that export the members and
 fuse them into one ensemble graph. Members train one after another (each with DDP under torchrun).
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.voting import vote
+from core.voting import vote
 from training import checkpoint as ckpt
 from training.config import save_config, set_key, validate
 from training.data import build_splits, eval_loader
@@ -31,7 +31,7 @@ from training.engine import predict
 from training.fit import fit
 from training.models import model_from_checkpoint
 from training.plots import plot_members
-from training.tasks import Supervised
+from training.tasks import SupervisedTask
 from training.transforms import eval_transform
 
 
@@ -71,7 +71,7 @@ def bag(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> di
         run = out / f"member{i}"
         tqdm.write(f"member {i + 1}/{count}: {cfg['model']['arch']}, seed {cfg['seed']} -> {run}")
         if not (resume and (run / "summary.json").exists()):
-            task = Supervised(bootstrap_seed=cfg["seed"] if bootstrap else None)
+            task = SupervisedTask(bootstrap_seed=cfg["seed"] if bootstrap else None)
             if not fit(cfg, run, task=task):
                 return {}  # not the main process under torchrun
         paths.append(run / "best.pt")

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 import torchvision
 
-from training.errors import UserError
+from core.errors import UserError
 
+# what `load` reads; a checkpoint written by a newer version of this code is refused rather than misread
+# (a file without the key predates it and is version 1)
 FORMAT_VERSION = 1
 # What export and evaluate need from a checkpoint; a file without these is not one of ours.
 REQUIRED_KEYS = ("arch", "num_classes", "labels", "preprocess", "config", "model")
@@ -47,6 +49,12 @@ def load(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project: missing {', '.join(missing)}")
+    version = checkpoint.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has checkpoint format_version {version!r}, newer than the {FORMAT_VERSION} this code reads: "
+            "update this project to load it"
+        )
     return checkpoint
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from training.errors import UserError
+from core.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

@@ -10,15 +10,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from export.images import open_rgb
+from core.errors import UserError
+from core.images import open_rgb
 from training.digits import stratified_split, write_digits
-from training.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
@@ -76,22 +76,30 @@ class Transformed(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
+class Part(NamedTuple):
+    """One split, untransformed: the items of `base` at `indices`, and their labels (for stratifying and counting)."""
+
+    base: Dataset
+    indices: np.ndarray
+    labels: np.ndarray
+
+
 @dataclass
 class Splits:
-    """Untransformed data: `parts[split] = (base dataset, indices, labels of those indices)`."""
+    """Class names in index order, and each split's untransformed items: `parts["train"]`, "val", "test"."""
 
     labels: list[str]
-    parts: dict[str, tuple[Dataset, np.ndarray, np.ndarray]]
+    parts: dict[str, Part]
 
     def dataset(self, split: str, transform: Callable | None) -> Transformed:
         if split not in self.parts:
             raise UserError(f"this dataset has no '{split}' split (it has: {', '.join(self.parts)})")
-        base, indices, _ = self.parts[split]
-        return Transformed(base, indices, transform)
+        part = self.parts[split]
+        return Transformed(part.base, part.indices, transform)
 
 
-def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]], int]:
-    """Class sub-folders of `folder` -> (class names, samples, files that are not images)."""
+def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class sub-folders of `folder` -> (class names, (image path, label) samples); other files are ignored."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is None:
         classes = found
@@ -100,15 +108,12 @@ def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[s
         if extra:
             raise UserError(f"{folder} has classes the training split lacks: {', '.join(extra[:10])}")
     index = {name: i for i, name in enumerate(classes)}
-    samples, skipped = [], 0
+    samples = []
     for name in found:
         for path in sorted((folder / name).rglob("*")):
-            if path.is_file():
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    samples.append((path, index[name]))
-                else:
-                    skipped += 1
-    return classes, samples, skipped
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append((path, index[name]))
+    return classes, samples
 
 
 def _split_from(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,23 +126,23 @@ def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
         raise UserError(f"data folder not found: {root}")
     has_train = (root / "train").is_dir()
     train_dir = root / "train" if has_train else root
-    classes, train_samples, _ = _scan_folder(train_dir)
+    classes, train_samples = _scan_folder(train_dir)
     if not train_samples:
         raise UserError(f"no images found in {train_dir} (expected {train_dir}/<class>/<image>)")
-    parts: dict[str, tuple[Dataset, np.ndarray, np.ndarray]] = {}
+    parts: dict[str, Part] = {}
     train_base = ImageFiles(train_samples, data["on_bad_image"])
     train_labels = np.array([label for _, label in train_samples])
     if has_train and (root / "val").is_dir():
-        parts["train"] = (train_base, np.arange(len(train_samples)), train_labels)
+        parts["train"] = Part(train_base, np.arange(len(train_samples)), train_labels)
     else:  # no val/: hold out a stratified fraction of train
         tr, va = _split_from(train_labels, data["val_fraction"], seed=0)
-        parts["train"] = (train_base, tr, train_labels[tr])
-        parts["val"] = (train_base, va, train_labels[va])
+        parts["train"] = Part(train_base, tr, train_labels[tr])
+        parts["val"] = Part(train_base, va, train_labels[va])
     for split in ("val", "test"):
         if has_train and (root / split).is_dir() and split not in parts:
-            _, samples, _ = _scan_folder(root / split, classes)
+            _, samples = _scan_folder(root / split, classes)
             labels = np.array([label for _, label in samples])
-            parts[split] = (ImageFiles(samples, data["on_bad_image"]), np.arange(len(samples)), labels)
+            parts[split] = Part(ImageFiles(samples, data["on_bad_image"]), np.arange(len(samples)), labels)
     return Splits(classes, parts)
 
 
@@ -161,14 +166,14 @@ def _cifar_splits(name: str, root: Path, data: dict[str, Any]) -> Splits:
     return Splits(
         list(train.classes),
         {
-            "train": (base, tr, train_labels[tr]),
-            "val": (base, va, train_labels[va]),
-            "test": (ArrayImages(test), np.arange(len(test_labels)), test_labels),
+            "train": Part(base, tr, train_labels[tr]),
+            "val": Part(base, va, train_labels[va]),
+            "test": Part(ArrayImages(test), np.arange(len(test_labels)), test_labels),
         },
     )
 
 
-def _limit(parts: dict, limit: int, seed: int) -> dict:
+def _limit(parts: dict[str, Part], limit: int, seed: int) -> dict[str, Part]:
     """Keep `limit` images per split, spread over classes (a seeded shuffle, then the first `limit`)."""
     out = {}
     rng = np.random.default_rng(seed)
@@ -176,7 +181,7 @@ def _limit(parts: dict, limit: int, seed: int) -> dict:
         if limit and len(indices) > limit:
             keep = np.sort(rng.permutation(len(indices))[:limit])
             indices, labels = indices[keep], labels[keep]
-        out[split] = (base, indices, labels)
+        out[split] = Part(base, indices, labels)
     return out
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from training.errors import UserError
+from core.errors import UserError
 
 
 @dataclass

@@ -10,8 +10,9 @@ from torch import nn
 
 class EMA:
     """`ema = decay * ema + (1 - decay) * weights` after each optimizer step; buffers (BatchNorm
-    statistics) are averaged the same way. The decay warms up as in timm's ModelEmaV2
-    (`min(decay, (1 + n) / (10 + n))`) so a short run is not dominated by the random init."""
+    statistics) are averaged the same way; integer buffers (BatchNorm's step count) are copied. The decay
+    warms up as `min(decay, (1 + n) / (10 + n))` after n updates, the `num_updates` rule of TensorFlow's
+    `tf.train.ExponentialMovingAverage`, so a short run is not dominated by the random init."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)

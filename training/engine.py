@@ -24,7 +24,7 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-class Supervised:
+class CrossEntropyObjective:
     """The ordinary objective: cross-entropy against hard labels [N] or soft targets [N, C], after CutMix/MixUp.
 
     An objective maps (model, batch) to (loss, logits, hard labels for the accuracy); distillation
@@ -53,7 +53,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    objective: Any  # Supervised or training.kd.Distillation
+    objective: Any  # CrossEntropyObjective or training.kd.DistillationObjective
     ema: EMA | None
     device: torch.device
     train_cfg: dict[str, Any]

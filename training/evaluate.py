@@ -11,11 +11,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
 from training import checkpoint as ckpt
 from training.data import build_splits, eval_loader
 from training.distributed import resolve_device
 from training.engine import evaluate
-from training.errors import UserError
 from training.models import model_from_checkpoint
 from training.plots import plot_confusion
 from training.transforms import eval_transform

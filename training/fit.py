@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from core.errors import UserError
 from training import checkpoint as ckpt
 from training.config import save_config
 from training.data import build_splits, eval_loader, train_loader
 from training.distributed import all_mean, barrier, cleanup, init_distributed
 from training.ema import EMA
 from training.engine import TrainState, evaluate, train_one_epoch
-from training.errors import UserError
 from training.models import build_model, freeze_backbone, model_from_checkpoint, set_train_mode
 from training.optim import build_optimizer, build_scheduler, param_groups
 from training.plots import plot_curves
@@ -59,7 +59,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def checkpoint_dict(
     model: nn.Module, ema: EMA | None, labels: list[str], preprocess: dict, config: dict, metrics: dict
 ) -> dict[str, Any]:
-    """The checkpoint format of DESIGN.md: weights plus everything export and evaluate need to rebuild the model."""
+    """The checkpoint (docs/contract.md, "The checkpoint"): weights plus what export and evaluate rebuild it from."""
     return {
         "format_version": ckpt.FORMAT_VERSION,
         "arch": config["model"]["arch"],

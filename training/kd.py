@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from core.errors import UserError
 from training import checkpoint as ckpt
 from training.data import Splits, Transformed
-from training.errors import UserError
 from training.models import model_from_checkpoint
 from training.tasks import Task
 from training.transforms import SharedViews, is_random
@@ -81,7 +81,7 @@ class _Views(Dataset):
         return self.views(image), label, i
 
 
-class Distillation:
+class DistillationObjective:
     """The objective: student logits against the (cached) ensemble-teacher distribution and the labels."""
 
     def __init__(self, teachers: Teachers, alpha: float, temperature: float, cache: torch.Tensor | None):
@@ -104,8 +104,8 @@ class Distillation:
         return loss, logits, torch.where(labels >= 0, labels, probs.argmax(1))
 
 
-class Distill(Task):
-    name = "distill"
+class DistillationTask(Task):
+    """Train the student on what the teachers say about each image (and on the labels, by `alpha`)."""
 
     def __init__(self, distill: dict[str, Any]):
         self.cfg = distill
@@ -121,7 +121,7 @@ class Distill(Task):
     def train_set(self, splits: Splits, preprocess: dict[str, Any], augment: dict[str, Any]) -> Dataset:
         if augment["cutmix_p"] or augment["mixup_p"]:
             raise UserError("distillation matches the teacher image by image; set augment.cutmix_p and mixup_p to 0")
-        base, indices, _ = splits.parts["train"]
+        base, indices = splits.parts["train"].base, splits.parts["train"].indices
         items: Dataset = Transformed(base, indices, None)
         if self.unlabeled:
             items = ConcatDataset([items, unlabeled_images(self.unlabeled)])
@@ -131,7 +131,7 @@ class Distill(Task):
 
     def objective(self, criterion: nn.Module, augment: dict[str, Any], num_classes: int) -> Callable:
         cache = self.cache if not is_random(augment) else None
-        return Distillation(self.teachers, self.cfg["alpha"], self.cfg["temperature"], cache)
+        return DistillationObjective(self.teachers, self.cfg["alpha"], self.cfg["temperature"], cache)
 
     def record(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.errors import UserError
+from core.errors import UserError
 
 
 def _beta(alpha: float) -> float:

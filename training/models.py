@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from core.errors import UserError
 from training.checkpoint import load_error_reason
-from training.errors import UserError
 
 # Used when an architecture has no published weights to read preprocessing from.
 FALLBACK_PREPROCESS = {

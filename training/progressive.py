@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from training.errors import UserError
+from core.errors import UserError
 
 
 @dataclass

@@ -21,15 +21,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.errors import UserError
 from training import checkpoint as ckpt
 from training.config import save_config
 from training.data import build_splits
 from training.distributed import resolve_device
-from training.errors import UserError
 from training.fit import fit
 from training.models import build_model
 from training.plots import plot_iterations
-from training.tasks import Supervised
+from training.tasks import SupervisedTask
 from training.unlabeled import find_images, pseudo_label, read_labels
 
 COLUMNS = ["iteration", "arch", "pseudo_labelled", "best_val_acc", "test_acc", "train_seconds"]
@@ -78,7 +78,7 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
         else:
             task = None
             if teacher_path is not None:
-                task = Supervised(extra=_pseudo_labels(teacher_path, st, run, config["device"]))
+                task = SupervisedTask(extra=_pseudo_labels(teacher_path, st, run, config["device"]))
             summary = fit(cfg, run, task=task)
         if not summary:  # not the main process under torchrun
             return {}

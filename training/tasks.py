@@ -1,7 +1,7 @@
 """What `fit` trains on and how it scores a batch.
 
-`Supervised` is plain fine-tuning on the train split, optionally on a bootstrap resample (bagging)
-and with extra soft-labelled images (self-training's pseudo-labels). `training.kd.Distill` is the other task.
+`Task` is plain fine-tuning on the train split. `SupervisedTask` adds a bootstrap resample (bagging) and
+extra soft-labelled images (self-training's pseudo-labels); `training.kd.DistillationTask` is the other task.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from core.errors import UserError
 from training.data import ImageFiles, Splits, Transformed
-from training.engine import Supervised as SupervisedObjective
-from training.errors import UserError
+from training.engine import CrossEntropyObjective
 from training.mix import BatchMixer
 from training.transforms import train_transform
 
@@ -55,8 +55,6 @@ class SoftLabelled(Dataset):
 class Task:
     """The supervised default; subclasses change the data, the objective, or both."""
 
-    name = "fit"
-
     def prepare(self, splits: Splits, device: torch.device) -> None:
         """Checks against the data and loading of anything else the task needs (teachers)."""
 
@@ -65,14 +63,14 @@ class Task:
         return splits.dataset("train", train_transform(preprocess, augment))
 
     def objective(self, criterion: nn.Module, augment: dict[str, Any], num_classes: int) -> Callable:
-        return SupervisedObjective(criterion, BatchMixer(augment, num_classes))
+        return CrossEntropyObjective(criterion, BatchMixer(augment, num_classes))
 
     def record(self) -> dict[str, Any]:
         """Facts about the task for summary.json."""
         return {}
 
 
-class Supervised(Task):
+class SupervisedTask(Task):
     """Train split (or a bootstrap resample of it), plus optional soft-labelled extra images."""
 
     def __init__(self, bootstrap_seed: int | None = None, extra: tuple[list[Path], np.ndarray] | None = None):
@@ -80,7 +78,7 @@ class Supervised(Task):
 
     def train_set(self, splits: Splits, preprocess: dict[str, Any], augment: dict[str, Any]) -> Dataset:
         transform = train_transform(preprocess, augment)
-        base, indices, _ = splits.parts["train"]
+        base, indices = splits.parts["train"].base, splits.parts["train"].indices
         if self.bootstrap_seed is not None:
             rng = np.random.default_rng(self.bootstrap_seed)
             indices = np.sort(rng.choice(indices, size=len(indices), replace=True))

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from core.errors import UserError
 from training import checkpoint as ckpt
 from training.data import IMAGE_EXTENSIONS, ImageFiles, Transformed
 from training.engine import predict
-from training.errors import UserError
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
 

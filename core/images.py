@@ -1,7 +1,7 @@
 """Decoding an image file into the RGB picture the models see.
 
 Deliberately free of torch: the serving side must convert uploads exactly as training converted
-its files (DESIGN.md, "Serving"), and a serving container carries no torch.
+its files (docs/contract.md, "The ONNX graph"), and a serving container carries no torch.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, 
 def prepare(image: Image.Image, preprocess: dict[str, Any]) -> np.ndarray:
     """RGB PIL image -> uint8 array [crop, crop, 3], equal to training's eval resize + center crop."""
     if image.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {image.mode}; decode with export.images.to_rgb")
+        raise ValueError(f"expected an RGB image, got mode {image.mode}; decode with core.images.to_rgb")
     size = resized_size(*image.size, int(preprocess["resize_size"]))
     if size != image.size:
         image = image.resize(size, RESAMPLE[preprocess["interpolation"]])

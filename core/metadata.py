@@ -1,0 +1,67 @@
+"""The ONNX `metadata_props` contract (docs/contract.md, "The ONNX graph"): what a graph carries about itself.
+
+Values are strings in ONNX; lists and dicts are JSON. Reading needs neither torch nor onnx: the
+service gets the same map from `onnxruntime.InferenceSession.get_modelmeta().custom_metadata_map`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# what `decode` can read; a graph written by a newer version of this code is refused rather than misread
+FORMAT_VERSION = "1"
+MODEL_FILE = "model.onnx"  # the graph's file name inside a BentoML model-store entry
+# keys whose values are JSON documents; the rest are plain strings or integers
+JSON_KEYS = ("labels", "mean", "std", "metrics", "members", "weights")
+INT_KEYS = ("resize_size", "crop_size", "num_classes")
+REQUIRED = ("labels", "arch", "resize_size", "crop_size", "interpolation", "mean", "std", "source_sha256",
+            "metrics", "format_version")  # fmt: skip
+# written where they apply: an ensemble's members, weights and voting; a single graph's weights (model or ema),
+# precision and dataset
+OPTIONAL = ("members", "weights", "voting", "precision", "dataset")
+
+
+def encode(values: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in values.items()}
+
+
+def decode(props: dict[str, str]) -> dict[str, Any]:
+    """String map -> typed dict; raises ValueError naming the missing keys, or a format this code cannot read."""
+    missing = [k for k in REQUIRED if k not in props]
+    if missing:
+        raise ValueError(f"ONNX metadata lacks {', '.join(missing)}: not a graph exported by this project")
+    check_format_version(props["format_version"])
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        if key in JSON_KEYS:
+            out[key] = json.loads(value)
+        elif key in INT_KEYS:
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_format_version(version: str) -> None:
+    """Refuse a graph whose format is newer than FORMAT_VERSION (or not a version at all)."""
+    try:
+        newer = int(version) > int(FORMAT_VERSION)
+    except ValueError:
+        raise ValueError(f"ONNX metadata format_version is '{version}', not a whole number") from None
+    if newer:
+        raise ValueError(
+            f"the graph's metadata format_version is {version}, newer than the {FORMAT_VERSION} this code reads: "
+            "export it again with this version, or update this project"
+        )
+
+
+def stored(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a graph's metadata a model-store entry keeps: the required keys and the optional ones
+    an ensemble or a float16 graph adds (`bentoml models get` shows them; the service reads them)."""
+    return {k: meta[k] for k in (*REQUIRED, *OPTIONAL) if k in meta}
+
+
+def preprocess_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of the metadata `core.preprocess.prepare` needs."""
+    return {k: meta[k] for k in ("resize_size", "crop_size", "interpolation")}
