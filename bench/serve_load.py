@@ -68,10 +68,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cuda-graph", action="store_true", help="cuda.cuda_graph in serving.yaml")
     p.add_argument("--fp16", action="store_true", help="also the model-only ceiling of each model's fp16 graph")
     p.add_argument("--serve-fp16", action="store_true", help="serve the fp16 graphs (members too) instead of fp32")
+    p.add_argument("--no-access-log", action="store_true", help="observability.access_log: false in serving.yaml")
+    p.add_argument("--tracing", action="store_true", help="observability.tracing: true in serving.yaml")
     p.add_argument("--no-ensemble", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--no-litserve", action="store_true")
-    p.add_argument("--images", default="photos", choices=["photos", "small"], help="500x375 photos or 32x32 PNGs")
+    p.add_argument("--images", default="photos", choices=["photos", "jpeg", "small"],
+                   help="500x375 photos as JPEG and PNG, the JPEGs alone, or 32x32 PNGs")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-latency-ms", type=int, default=60000, help="the shedding bound in serving.yaml")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -101,6 +104,7 @@ def serving_yaml(name: str, args: argparse.Namespace, workers: int, processes: i
         f"batching: {{max_batch_size: {args.max_batch_size}, max_latency_ms: {args.max_latency_ms}, sizes: {sizes}}}\n"
         f"cuda: {{cudnn_conv_algo_search: {args.conv_algo_search}, prefer_nhwc: {str(args.prefer_nhwc).lower()}, "
         f"cuda_graph: {str(args.cuda_graph).lower()}}}\n"
+        f"observability: {{access_log: {str(not args.no_access_log).lower()}, tracing: {str(args.tracing).lower()}}}\n"
     )
 
 
@@ -504,13 +508,16 @@ def run(args: argparse.Namespace) -> None:
 
     work, env = store_env(args.work)
     graphs = prepare_models(args.models, work, fp16=args.fp16)
-    images = photos() if args.images == "photos" else small_images(work)
-    kind = "photos, 500x375 JPEG/PNG" if args.images == "photos" else "digits PNGs, 32x32"
+    images = {"photos": photos, "jpeg": lambda: photos()[::2], "small": lambda: small_images(work)}[args.images]()
+    kind = {"photos": "photos, 500x375 JPEG/PNG", "jpeg": "photos, 500x375 JPEG", "small": "digits PNGs, 32x32"}[
+        args.images
+    ]
     settings = (f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.client_processes} client "
                 f"processes; one image per request ({len(images)} {kind}); device {args.device}; "
                 f"max_batch_size {args.max_batch_size}, max_latency_ms {args.max_latency_ms}, batching.sizes "
                 f"{args.batch_sizes}; cuda: {args.conv_algo_search}, prefer_nhwc {args.prefer_nhwc}, cuda_graph "
-                f"{args.cuda_graph}; {'fp16' if args.serve_fp16 else 'fp32'} graphs served; layouts "
+                f"{args.cuda_graph}; access log {not args.no_access_log}, tracing {args.tracing}; "
+                f"{'fp16' if args.serve_fp16 else 'fp32'} graphs served; layouts "
                 f"{[layout_name(*lay) for lay in args.layouts]} (wN: N worker processes, pM: M decoding processes "
                 f"each).")  # fmt: skip
     machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores{gpu_name()}"

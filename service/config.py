@@ -119,7 +119,18 @@ class Decoding(_Section):
     processes: int = Field(0, ge=0)
 
 
-SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda")
+class Observability(_Section):
+    """What BentoML adds to every request besides /metrics (bench/README.md has what each costs).
+
+    access_log: one INFO line per request. tracing: an OpenTelemetry span per request on the classification
+    routes; BentoML exports spans only where its own configuration names an exporter (`tracing.exporter_type`),
+    so without one the spans are made and dropped."""
+
+    access_log: bool = True
+    tracing: bool = False
+
+
+SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability")
 
 
 class ServingFile(_Section):
@@ -134,6 +145,7 @@ class ServingFile(_Section):
     decoding: Decoding = Decoding()
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
+    observability: Observability = Observability()
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +183,7 @@ class ServingConfig:
     decode_processes: int = 0
     cuda: CudaOptions = field(default_factory=CudaOptions)
     limits: Limits = field(default_factory=Limits)
+    observability: Observability = field(default_factory=Observability)
 
 
 def model_name(tag: str) -> str:
@@ -287,6 +300,7 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         decode_processes=file.decoding.processes,
         cuda=file.cuda,
         limits=file.limits,
+        observability=file.observability,
     )
 
 

@@ -198,11 +198,19 @@ def _stored(i: int) -> bentoml.Model:
     return stored
 
 
+# The routes whose requests get no OpenTelemetry span unless serving.yaml asks for tracing: BentoML's tracing
+# middleware (opentelemetry.instrumentation.asgi, added for every request by _bentoml_impl/server/app.py,
+# `ServiceAppFactory.middlewares`) took about a fifth of the event loop on 32x32 uploads (bench/README.md).
+ROUTES = ("/classify", "/ensemble", "/models")
+
+
 @bentoml.service(
     name="classifier",
     workers=CONFIG.workers,
     traffic={"timeout": 60},
     resources={"gpu": 1} if CONFIG.device == "cuda" else {},
+    logging={"access": {"enabled": CONFIG.observability.access_log}},
+    tracing={} if CONFIG.observability.tracing else {"excluded_urls": list(ROUTES)},
 )
 class Classifier(_StoredModels):
     def __init__(self) -> None:
