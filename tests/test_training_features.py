@@ -41,6 +41,11 @@ def test_resume_ends_where_an_uninterrupted_run_does(digits_root, tmp_path):
     result = run_cli("fit", "--out", tmp_path / "resumed", "--resume", "--set", "train.epochs=3")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed" in result.stdout
+    # redirected, the run draws no progress bar (no carriage-return frames) and logs one line an epoch, which
+    # the run folder's train.log keeps too, after the first part's lines
+    assert "\r" not in result.stdout + result.stderr and "epoch 3/3" in result.stdout
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert log.endswith(result.stdout) and log.startswith("summary: ")
 
     a, b = ckpt.load(tmp_path / "straight" / "last.pt"), ckpt.load(tmp_path / "resumed" / "last.pt")
     assert a["epoch"] == b["epoch"] == 3

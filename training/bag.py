@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.voting import vote
 from training import checkpoint as ckpt
+from training import log
 from training.config import save_config, set_key, validate
 from training.data import build_splits, eval_loader
 from training.distributed import resolve_device
@@ -60,6 +60,7 @@ def member_probabilities(paths: list[Path], data_cfg: dict[str, Any], device: to
     return np.stack(probs), labels.numpy(), split
 
 
+@log.to_run_folder
 def bag(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def bag(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> di
     for i in range(count):
         cfg = member_config(config, i)
         run = out / f"member{i}"
-        tqdm.write(f"member {i + 1}/{count}: {cfg['model']['arch']}, seed {cfg['seed']} -> {run}")
+        log.info(f"member {i + 1}/{count}: {cfg['model']['arch']}, seed {cfg['seed']} -> {run}")
         if not (resume and (run / "summary.json").exists()):
             task = SupervisedTask(bootstrap_seed=cfg["seed"] if bootstrap else None)
             if not fit(cfg, run, task=task):
@@ -93,11 +94,11 @@ def bag(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> di
     plot_members(names, [*accs, soft, hard], out / "members.png", title=f"bag of {count}: {split} accuracy")
     lines = export_lines(paths, out.name)
     _report(out, summary, names, [*accs, soft, hard], lines)
-    tqdm.write(
+    log.info(
         f"bag of {count} on {split}: members {mean:.4f} +- {std:.4f}, soft vote {soft:.4f} ({soft - mean:+.4f}), "
         f"hard vote {hard:.4f} ({hard - mean:+.4f}); report: {out / 'report.md'}"
     )
-    print("export the members and fuse them into one ensemble graph:\n" + "\n".join(lines))
+    log.info("export the members and fuse them into one ensemble graph:\n" + "\n".join(lines))
     return summary
 
 

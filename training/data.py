@@ -6,7 +6,6 @@ a sequence of (PIL RGB image, label) items; transforms are applied on top by `Tr
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from core.errors import UserError
 from core.images import open_rgb
+from training import log
 from training.digits import stratified_split, write_digits
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -44,7 +44,7 @@ class ImageFiles(Dataset):
                     raise UserError(
                         f"cannot decode image {path}: {e} (set data.on_bad_image=skip to skip such files)"
                     ) from None
-                print(f"warning: skipping undecodable image {path}: {e}", file=sys.stderr)
+                log.warning(f"warning: skipping undecodable image {path}: {e}")
         raise UserError("no image in the dataset could be decoded")
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training import log
 from training.ema import EMA
 from training.mix import BatchMixer
 
@@ -68,6 +69,7 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, epoch: int, sho
     memory_format = torch.channels_last if cfg["channels_last"] else torch.preserve_format
     total_loss = correct = seen = 0.0
     start = time.perf_counter()
+    show = log.bars_on(show)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         with autocast(device, cfg["amp"]):
@@ -104,7 +106,7 @@ def predict(
     """Logits [N, C] (float32, CPU) and labels [N] for a whole loader."""
     model.eval()
     all_logits, all_labels = [], []
-    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not show, dynamic_ncols=True):
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not log.bars_on(show), dynamic_ncols=True):
         images = images.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images).float()

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from core.errors import UserError
 from training import checkpoint as ckpt
+from training import log
 from training.config import save_config
 from training.data import build_splits, eval_loader, train_loader
 from training.distributed import all_mean, barrier, cleanup, init_distributed
@@ -84,12 +84,14 @@ def _write_metrics(rows: list[dict], path: Path) -> None:
             writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
 
 
+@log.to_run_folder
 def fit(
     config: dict[str, Any], out_dir: str | Path, resume: bool = False, show: bool = True, task: Task | None = None
 ) -> dict[str, Any]:
     """Train one model from a resolved config; returns the summary written to summary.json.
 
     `task` changes what is trained on and how a batch is scored (distillation, pseudo-labels, bootstrap).
+    Everything it reports goes to the console and to OUT/train.log.
     """
     task = task or Task()
     info, device = init_distributed(config["device"])
@@ -157,7 +159,7 @@ def fit(
         start_epoch = state["epoch"] + 1
         ckpt.set_rng_state(state["rng"])
         if show:
-            tqdm.write(f"resumed {out / 'last.pt'} at epoch {state['epoch']}")
+            log.info(f"resumed {out / 'last.pt'} at epoch {state['epoch']}")
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config["optim"]["label_smoothing"])
     train_state = TrainState(
@@ -172,7 +174,7 @@ def fit(
             train_state.objective = task.objective(criterion, stage.augment, num_classes)
             dropout.apply(stage)
             if show and len(stages) > 1:
-                tqdm.write(f"stage {stage.index + 1}/{len(stages)}: size {stage.size}, batch {stage.batch_size}")
+                log.info(f"stage {stage.index + 1}/{len(stages)}: size {stage.size}, batch {stage.batch_size}")
         sampler.set_epoch(epoch)
         train = train_one_epoch(model, loader, train_state, epoch, show)
         train_loss = all_mean(train["loss"], info, device)
@@ -209,7 +211,7 @@ def fit(
                 plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
             if show:
                 ema_text = f"  ema_val_acc {row['ema_val_acc']:.4f}" if ema else ""
-                tqdm.write(
+                log.info(
                     f"epoch {epoch}/{train_cfg['epochs']}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}"
                     f"  val_acc {val['acc']:.4f}{ema_text}  {row['images_per_s']:.0f} img/s  {train['seconds']:.1f}s"
                 )
@@ -256,10 +258,11 @@ def _finish(out: Path, splits, data_cfg: dict, device: torch.device, config: dic
         best["metrics"].update(test_acc=test["acc"], test_top5=test["top5"])
         ckpt.save(best, out / "best.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    tqdm.write(f"summary: {json.dumps(summary)}")
+    log.info(f"summary: {json.dumps(summary)}")
     return summary
 
 
+@log.to_run_folder
 def fit_runs(config: dict[str, Any], out_dir: str | Path, runs: int, resume: bool = False) -> dict[str, Any]:
     """Repeat a recipe with seeds seed, seed+1, ...; summary.json reports mean and std over runs.
 
@@ -295,5 +298,5 @@ def fit_runs(config: dict[str, Any], out_dir: str | Path, runs: int, resume: boo
     save_config(config, out / "config.yaml")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = f"test_acc {summary['test_acc']:.4f} +- {summary['test_acc_std']:.4f}" if "test_acc" in summary else ""
-    tqdm.write(f"{runs} runs: best_val_acc {summary['best_val_acc']:.4f} +- {summary['best_val_acc_std']:.4f} {text}")
+    log.info(f"{runs} runs: best_val_acc {summary['best_val_acc']:.4f} +- {summary['best_val_acc_std']:.4f} {text}")
     return summary

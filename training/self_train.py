@@ -19,10 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from core.errors import UserError
 from training import checkpoint as ckpt
+from training import log
 from training.config import save_config
 from training.data import build_splits
 from training.distributed import resolve_device
@@ -58,6 +57,7 @@ def student_archs(config: dict[str, Any], num_classes: int) -> list[str]:
     return archs
 
 
+@log.to_run_folder
 def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     st = config["self_train"]
     if not st["unlabeled"]:
@@ -102,7 +102,7 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
     if rows[0]["test_acc"] != "":
         result["gain"] = round(rows[-1]["test_acc"] - rows[0]["test_acc"], 6)
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    tqdm.write(f"self-training: {json.dumps({k: v for k, v in result.items() if k != 'iterations'})}")
+    log.info(f"self-training: {json.dumps({k: v for k, v in result.items() if k != 'iterations'})}")
     return result
 
 
@@ -110,7 +110,7 @@ def _pseudo_labels(teacher_path: Path, st: dict[str, Any], run: Path, device: st
     """`pseudo-label` into run/pseudo_labels.csv, then the student's targets read back from that file."""
     counts = pseudo_label(teacher_path, st["unlabeled"], run / "pseudo_labels.csv", st["threshold"], st["balance"],
                           resolve_device(device))  # fmt: skip
-    tqdm.write(f"{counts['rows']} pseudo-labels from {counts['images']} images by {teacher_path} -> {run}")
+    log.info(f"{counts['rows']} pseudo-labels from {counts['images']} images by {teacher_path} -> {run}")
     return read_labels(run / "pseudo_labels.csv", ckpt.load(teacher_path)["labels"], st["soft"])
 
 
