@@ -20,15 +20,23 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# PORT: where the demo serves. A second `make demo` reuses the trained run and the stored model (one line each)
+# instead of training again, and refuses a port in use with one line before anything else runs.
+PORT ?= 3000
+DEMO_RUN := runs/digits-resnet18
+
 demo: install
-	$(PY) -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18
-	$(PY) -m training evaluate runs/digits-resnet18/best.pt --split test
-	$(PY) -m export runs/digits-resnet18/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
-	@echo "checkpoint: runs/digits-resnet18/best.pt  curves: runs/digits-resnet18/curves.png"
+	@$(PY) -m deploy.demo port $(PORT)
+	@$(PY) -m deploy.demo trained $(DEMO_RUN) || \
+	  $(PY) -m training fit --config configs/digits_resnet18.yaml --out $(DEMO_RUN)
+	$(PY) -m training evaluate $(DEMO_RUN)/best.pt --split test
+	@$(PY) -m deploy.demo stored digits-resnet18 $(DEMO_RUN)/best.pt || \
+	  $(PY) -m export $(DEMO_RUN)/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
+	@echo "checkpoint: $(DEMO_RUN)/best.pt  curves: $(DEMO_RUN)/curves.png  log: $(DEMO_RUN)/train.log"
 	@echo "ONNX: models/digits-resnet18.onnx  model store: bentoml models get digits-resnet18:latest"
-	@echo "serving on http://localhost:3000 - try:"
-	@echo "  curl -F images=@data/digits/test/3/$$(ls data/digits/test/3 | head -1) http://localhost:3000/classify"
-	$(VENV)/bin/bentoml serve --port 3000
+	@echo "serving on http://localhost:$(PORT) (Swagger page: http://localhost:$(PORT)/) - try:"
+	@echo "  curl -F images=@data/digits/test/3/$$(ls data/digits/test/3 | head -1) http://localhost:$(PORT)/classify"
+	$(VENV)/bin/bentoml serve --port $(PORT)
 
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
