@@ -347,7 +347,7 @@ def test_fixed_batch_sizes_warmed_before_ready_with_decoding_processes(store, di
     in a decoding process still reaches the client as its 4xx."""
     (tmp_path / "s.yaml").write_text(
         SERVING.replace("max_latency_ms: 5000}", "max_latency_ms: 5000, sizes: [1, 4, 16, 64]}")
-        + "decoding: {processes: 2}\n"
+        + "decoding: {processes: 2}\nobservability: {access_log: true, tracing: true}\n"
     )
     env = {**store, "SERVING_CONFIG": str(tmp_path / "s.yaml"), "LOG_PATH": str(tmp_path / "log")}
     with serving([], env) as (url, proc):
@@ -378,3 +378,19 @@ def test_fixed_batch_sizes_warmed_before_ready_with_decoding_processes(store, di
         real = _series(text, "inference_batch_images_sum", "digits-resnet18")[""]
         padded = _series(text, "inference_batch_run_images_sum", "digits-resnet18")[""]
         assert real == 40 and padded >= 64 + 20  # the request of 20 images ran padded to 64
+    # tracing: true gives the classification routes their OpenTelemetry span again: the access lines carry its ids
+    lines = [line for line in (tmp_path / "log").read_text().splitlines() if "path=/classify" in line]
+    assert lines and all("(trace=" in line for line in lines)
+
+
+def test_classification_routes_are_not_traced_by_default(server, store, digits_root):
+    """observability defaults: an access-log line per request, no span (BentoML's log line names none)."""
+    response = post(server, "classify", [next((digits_root / "test" / "5").glob("*.png"))])
+    assert response.status_code == 200
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        lines = [line for line in Path(store["LOG_PATH"]).read_text().splitlines() if "path=/classify" in line]
+        if lines:
+            break
+        time.sleep(0.2)
+    assert lines and not any("(trace=" in line for line in lines)
