@@ -88,7 +88,7 @@ class Batcher:
     async def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return await self.submit(pixels)
 
-    async def _gather(self) -> None:
+    async def _wait_for_decoding(self) -> None:
         """While requests are still decoding and the batch is not full, wait for them, up to max_wait
         after the oldest queued request arrived."""
         deadline = self.queue[0].queued + self.max_wait
@@ -97,6 +97,8 @@ class Batcher:
             if remaining <= 0:
                 return
             self.changed.clear()
+            # asyncio.wait_for raises the builtin TimeoutError from Python 3.11 on (the project's minimum);
+            # on 3.10 it was asyncio.TimeoutError, which this would not catch
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
 
@@ -125,7 +127,7 @@ class Batcher:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.queue:
-            await self._gather()
+            await self._wait_for_decoding()
             batch = self._take()
             if not batch:
                 continue
