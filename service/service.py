@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.metadata
+import inspect
 import logging
 import multiprocessing
 import os
@@ -23,6 +25,7 @@ import typing as t
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import attr
 import bentoml
 import numpy as np
 from bentoml._internal.service.openapi.specification import MediaType, Reference, Schema
@@ -213,11 +216,15 @@ ROUTES = ("/classify", "/ensemble", "/models")
     tracing={} if CONFIG.observability.tracing else {"excluded_urls": list(ROUTES)},
 )
 class Classifier(_StoredModels):
+    """Image classification with models fine-tuned and exported by this project: POST images to /classify
+    (one model) or /ensemble (members voting); /models lists what is served. Errors are JSON
+    `{"error": "..."}` naming the field or image at fault."""
+
     def __init__(self) -> None:
         # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one
         # call, and calls that overlap would only compete for them
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        self.models, self.preprocess, self.batchers = {}, {}, {}
+        self.model_info, self.preprocess, self.batchers = {}, {}, {}
         # several workers share the cores: each session gets its share of them on the CPU provider
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // CONFIG.workers) if CONFIG.workers > 1 else 0
         sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
@@ -233,7 +240,7 @@ class Classifier(_StoredModels):
                 raise RuntimeError(f"cannot load model '{stored.tag}' from {path}: {e}") from e
             for size, seconds in warmed.items():
                 WARMUP_SECONDS.labels(model=name, batch_size=str(size)).set(seconds)
-            self.models[name] = {
+            self.model_info[name] = {
                 "tag": str(stored.tag),
                 "arch": meta["arch"],
                 "labels": meta["labels"],
@@ -317,9 +324,9 @@ class Classifier(_StoredModels):
         if (refused := REFUSED.get()) is not None:
             return _error(refused)
         try:
-            if model not in self.models:
+            if model not in self.model_info:
                 raise InputError(404, f"unknown model '{model}'; served models: {', '.join(NAMES)}")
-            labels = self.models[model]["labels"]
+            labels = self.model_info[model]["labels"]
             k = self._check_top_k(top_k, len(labels))
             [probabilities] = await self._probabilities(images, [model])
         except InputError as e:
@@ -350,7 +357,7 @@ class Classifier(_StoredModels):
                 raise InputError(400, f"voting must be soft, weighted or hard, got '{voting}'")
             if voting == "weighted" and spec.weights is None:
                 raise InputError(400, f"ensemble '{ensemble}' has no weights in serving.yaml; use soft or hard")
-            labels = self.models[spec.members[0]]["labels"]
+            labels = self.model_info[spec.members[0]]["labels"]
             k = self._check_top_k(top_k, len(labels))
             members = np.stack(await self._probabilities(images, spec.members))  # [M, N, C]
         except InputError as e:
@@ -380,7 +387,14 @@ class Classifier(_StoredModels):
             return _error(refused)
         ensembles = {name: {"members": e.members, "voting": e.voting, "weights": e.weights}
                      for name, e in CONFIG.ensembles.items()}  # fmt: skip
-        return {"default_model": CONFIG.default_model, "models": self.models, "ensembles": ensembles}
+        return {"default_model": CONFIG.default_model, "models": self.model_info, "ensembles": ensembles}
+
+
+def _project_version() -> str:
+    try:
+        return importlib.metadata.version("imgclf")
+    except importlib.metadata.PackageNotFoundError:  # a serving-only install runs the checkout uninstalled
+        return "checkout"
 
 
 class _DocumentedService(type(Classifier)):
@@ -393,6 +407,9 @@ class _DocumentedService(type(Classifier)):
     @property
     def openapi_spec(self) -> t.Any:
         spec = super().openapi_spec
+        if spec.info.version == "None":  # served from a checkout: a built Bento names its version and description
+            info = attr.evolve(spec.info, version=_project_version(), description=inspect.cleandoc(self.inner.__doc__))
+            spec = attr.evolve(spec, info=info)
         schemas = spec.components["schemas"]
         for name in ("InvalidArgument", "NotFound", "InternalServerError"):  # BentoML's bodies, unused here
             schemas.pop(name, None)
