@@ -49,7 +49,8 @@ import torch
 from bench.common import cli, device_name, sync, write_report
 from core import metadata
 from core.errors import UserError
-from export.graph import PixelClassifier, sha256_of
+from core.metadata import sha256_of
+from export.graph import PixelClassifier
 from training import checkpoint as ckpt
 from training.distributed import resolve_device
 from training.models import model_from_checkpoint

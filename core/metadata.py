@@ -6,7 +6,9 @@ service gets the same map from `onnxruntime.InferenceSession.get_modelmeta().cus
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 # what `decode` can read; a graph written by a newer version of this code is refused rather than misread
@@ -20,6 +22,15 @@ REQUIRED = ("labels", "arch", "resize_size", "crop_size", "interpolation", "mean
 # written where they apply: an ensemble's members, weights and voting; a single graph's weights (model or ema),
 # precision and dataset
 OPTIONAL = ("members", "weights", "voting", "precision", "dataset")
+
+
+def sha256_of(path: str | Path) -> str:
+    """The `source_sha256` of a checkpoint file: what a graph or a store entry says it was exported from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def encode(values: dict[str, Any]) -> dict[str, str]:

@@ -11,7 +11,6 @@ compared is that of one model. Exits non-zero, saying which check failed, and al
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from core import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def check(image: str, checkpoint: Path, data: Path, variant: str = "cpu", docker
     if torch_spec != "True":
         raise CheckFailed(f"torch is importable in {image}: the serving image must not carry it")
 
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    digest = metadata.sha256_of(checkpoint)
     models = json.loads(in_image(docker, image, MODELS_IN_IMAGE))
     if not models:
         raise CheckFailed(f"{image} carries no model in its Bento")

@@ -11,10 +11,11 @@ version, and refuses a port another server holds before `bentoml serve` fails on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
 import sys
 from pathlib import Path
+
+from core import metadata
 
 REUSE, DO_IT, REFUSE = 0, 1, 2
 
@@ -25,14 +26,6 @@ def trained(run: Path) -> int:
         print(f"reusing {run / 'best.pt'} (remove {run} to train again)")
         return REUSE
     return DO_IT
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stored(name: str, checkpoint: Path) -> int:
@@ -47,7 +40,7 @@ def stored(name: str, checkpoint: Path) -> int:
     except NotFound:
         return DO_IT
     source = entry.info.metadata.get("source_sha256")
-    if source != _sha256(checkpoint):
+    if source != metadata.sha256_of(checkpoint):
         return DO_IT
     print(f"reusing {entry.tag} in the model store, exported from {checkpoint} "
           "(bentoml models delete it to export again)")  # fmt: skip

@@ -7,7 +7,6 @@ checkpoint's own mean/std, NHWC -> NCHW, the network, softmax. Input `images` ui
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -46,14 +45,6 @@ class PixelClassifier(nn.Module):
         return torch.softmax(self.model(x).float(), dim=1)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def graph_metadata(checkpoint: dict[str, Any], source: str | Path, weights: str, fp16: bool) -> dict[str, Any]:
     pre = checkpoint["preprocess"]
     return {
@@ -65,7 +56,7 @@ def graph_metadata(checkpoint: dict[str, Any], source: str | Path, weights: str,
         "interpolation": pre["interpolation"],
         "mean": pre["mean"],
         "std": pre["std"],
-        "source_sha256": sha256_of(source),
+        "source_sha256": metadata.sha256_of(source),
         "metrics": checkpoint.get("metrics", {}),
         "format_version": metadata.FORMAT_VERSION,
         "precision": "fp16" if fp16 else "fp32",

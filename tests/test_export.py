@@ -98,9 +98,8 @@ def test_resnet_graph_contract_and_metadata(resnet_onnx, trained_digits):
     assert {k: meta[k] for k in ("resize_size", "crop_size", "interpolation", "mean", "std")} == best["preprocess"]
     assert meta["metrics"]["test_acc"] == best["metrics"]["test_acc"]
     assert meta["format_version"] == "1" and len(meta["source_sha256"]) == 64
-    from export.graph import sha256_of
 
-    assert meta["source_sha256"] == sha256_of(trained_digits / "best.pt")
+    assert meta["source_sha256"] == metadata.sha256_of(trained_digits / "best.pt")
     onnx.checker.check_model(str(resnet_onnx), full_check=True)
 
 
