@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core import metadata
-from core.devices import CUDA, DeviceError, uses_gpu  # the provider choice, shared with the export check
+from core.devices import CPU, CUDA, DeviceError, uses_gpu  # the provider choice, shared with the export check
 from service.config import CudaOptions
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class Graph:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.on_gpu:
             preload_cuda_libraries()
-            providers: list[Any] = [(CUDA, cuda_provider_options(cuda)), "CPUExecutionProvider"]
+            providers: list[Any] = [(CUDA, cuda_provider_options(cuda)), CPU]
         else:
-            providers = ["CPUExecutionProvider"]
+            providers = [CPU]
 
         def session() -> ort.InferenceSession:
             s = ort.InferenceSession(str(self.path), options, providers=providers)

@@ -204,7 +204,7 @@ def _stored(i: int) -> bentoml.Model:
 # The routes whose requests get no OpenTelemetry span unless serving.yaml asks for tracing: BentoML's tracing
 # middleware (opentelemetry.instrumentation.asgi, added for every request by _bentoml_impl/server/app.py,
 # `ServiceAppFactory.middlewares`) took about a fifth of the event loop on 32x32 uploads (bench/README.md).
-ROUTES = ("/classify", "/ensemble", "/models")
+ROUTES = tuple(ROUTE_STATUSES)
 
 
 @bentoml.service(
