@@ -7,15 +7,18 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where a benchmark measures it: bench.cuda_shapes writes reports without it
+    import torch
 
 
 def device_name(device: torch.device) -> str:
     """A human-readable name of the machine the benchmark runs on."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
@@ -23,6 +26,8 @@ def device_name(device: torch.device) -> str:
 
 def sync(device: torch.device) -> None:
     """Wait for queued CUDA work, so the clock measures it."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.common import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQUENCE = [1, 3, 5, 7, 64, 3, 64] + [8, 64] * 4
@@ -107,12 +108,8 @@ def run(args: argparse.Namespace) -> None:
             calls = ", ".join(str(c) for c in r["calls_ms"])
             lines.append(f"| {r['setting']} | {r['warm_s']} | {calls} | {r['steady_64_images_per_s']} |")
     text = "\n".join(lines) + "\n"
-    # written here rather than with bench.common, which imports torch: this process loads only ONNX Runtime's
-    # CUDA libraries, as the service does
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps({"graph": args.graph, "device": args.device, "rows": rows}, indent=2))
-    Path(f"{out}.md").write_text(text)
+    # bench.common imports no torch: this process loads only ONNX Runtime's CUDA libraries, as the service does
+    write_report(ROOT / args.out, {"graph": args.graph, "device": args.device, "rows": rows}, text)
     print(text)
 
 
