@@ -12,6 +12,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+# the file names training's image folders and service.predict's folders are searched for (lower case)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # 16-bit and 32-bit integer modes PIL uses for 16-bit PNG/TIFF.
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 

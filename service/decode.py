@@ -39,9 +39,9 @@ def decoder_ready() -> int:
     return os.getpid()
 
 
-def decode(data: bytes, index: int, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
-    """One upload (the `index`-th of its request) -> uint8 [crop, crop, 3] under the model's own eval
-    resize + center crop."""
+def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
+    """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
+    model's own eval resize + center crop."""
     part = f"image {index}"
     if not data:
         raise InputError(400, f"{part} is empty")

@@ -16,11 +16,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from core.errors import UserError
-from core.images import open_rgb
+from core.images import IMAGE_EXTENSIONS, open_rgb
 from training import log
 from training.digits import stratified_split, write_digits
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
 
 

@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from core.errors import UserError
+from core.images import IMAGE_EXTENSIONS
 from training import checkpoint as ckpt
-from training.data import IMAGE_EXTENSIONS, ImageFiles, Transformed
+from training.data import ImageFiles, Transformed
 from training.engine import predict
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform

@@ -1,0 +1,289 @@
+"""Classify image files without a server and without torch: the probabilities `/classify` would answer.
+
+    python -m service.predict digits-resnet18 photos/ --out labels.csv
+    python -m service.predict models/digits-resnet18.onnx a.png b.jpg --out labels.jsonl --top-k 3
+    python -m service.predict digits-resnet18+digits-b photos/ --out votes.csv --voting hard
+    python -m service.predict digits-resnet18:latest photos/ --out labels.csv --batch-size 128 --workers 4
+
+MODEL is a BentoML model-store tag (name or name:version, in $BENTOML_HOME), an `.onnx` file exported by this
+project, or an ensemble `a+b` of them (soft voting; --voting hard | weighted --weights 2 1). IMAGE_OR_FOLDER:
+files, or folders searched recursively for image files, in sorted order. --out: CSV (`.csv`; top_k as JSON
+text) or JSON lines (`.jsonl`), one row per file with `path, label, index, probability, top_k, error`; a file
+that cannot be decoded gets its error and the run goes on.
+
+Three pieces, each usable alone (a Ray Data job reuses them): service/files.py lists and decodes files (here in
+a pool of spawned processes, `--workers`, every core by default), `batches` below stacks decoded images into
+arrays of `--batch-size`, and service/models.py's `Model` runs them through the sessions (in this process,
+where ONNX Runtime uses every core for its call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from core.errors import UserError, one_line
+from core.voting import VOTINGS
+from service.config import Limits
+from service.files import Decoded, decode_files, decoding_pool, list_images
+from service.models import Model, Ranked
+
+COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
+FORMATS = (".csv", ".jsonl")
+PROGRESS_EVERY_S = 10.0  # without a terminal, a plain progress line this often
+
+
+@dataclass
+class Batch:
+    """Consecutive files: all of them in order (`items`), and the pixels of those that decoded, stacked."""
+
+    items: list[Decoded]
+    pixels: np.ndarray  # uint8 [n, H, W, 3], one row per item whose pixels are not None, in order
+
+
+def batches(decoded: Iterable[Decoded], size: int, input_shape: tuple[int, int, int]) -> Iterator[Batch]:
+    """Decoded files -> batches of `size` decoded images each (the last may hold fewer); a file that failed
+    rides along in its batch's items, so the rows come out in the order of the files."""
+    items: list[Decoded] = []
+    pixels = np.empty((size, *input_shape), np.uint8)
+    n = 0
+    for item in decoded:
+        items.append(item)
+        if item.pixels is not None:
+            pixels[n] = item.pixels
+            n += 1
+            if n == size:
+                yield Batch(items, pixels)
+                items, pixels, n = [], np.empty((size, *input_shape), np.uint8), 0
+    if items:
+        yield Batch(items, pixels[:n])
+
+
+def rows(batch: Batch, ranked: Ranked, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+    """One row per file of `batch`: the best label, its score and the top-k, as `/classify` words them."""
+    out, n = [], 0
+    for item in batch.items:
+        if item.pixels is None:
+            out.append({"path": item.path, "label": None, "index": None, "probability": None, "top_k": None,
+                        "error": item.error})  # fmt: skip
+            continue
+        scores, order = ranked.scores[n], ranked.order[n]
+        n += 1
+        best = int(order[0])
+        tops = [{"label": labels[j], "index": int(j), "probability": float(scores[j])} for j in order[:top_k]]
+        out.append({"path": item.path, "label": labels[best], "index": best, "probability": float(scores[best]),
+                    "top_k": tops, "error": None})  # fmt: skip
+    return out
+
+
+def check_out(path: str | Path) -> str:
+    """The output format of `path` (its suffix), or a UserError before anything runs."""
+    kind = Path(path).suffix.lower()
+    if kind not in FORMATS:
+        raise UserError(f"--out must end in .csv or .jsonl, got {path}")
+    return kind
+
+
+class Writer:
+    """Rows to a CSV file (top_k as JSON text, an empty cell for None) or a JSON-lines file, by its suffix."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.kind = check_out(path)
+        try:
+            self.file: TextIO = open(self.path, "w", newline="")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror}") from None
+        if self.kind == ".csv":
+            self.csv = csv.DictWriter(self.file, COLUMNS)
+            self.csv.writeheader()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if self.kind == ".csv":
+                top_k = row["top_k"]
+                self.csv.writerow({**row, "top_k": json.dumps(top_k) if top_k is not None else None})
+            else:
+                self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """A file `Writer` wrote, back as rows (index an int, probability a float, top_k a list, None where empty)."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            row = {k: (v if v != "" else None) for k, v in row.items()}
+            if row["index"] is not None:
+                row["index"], row["probability"] = int(row["index"]), float(row["probability"])
+                row["top_k"] = json.loads(row["top_k"])
+            out.append(row)
+    return out
+
+
+class Progress:
+    """tqdm's bar on a terminal where tqdm is installed (it is no serving dependency), else a plain line on
+    stderr every PROGRESS_EVERY_S seconds, or nothing."""
+
+    def __init__(self, total: int, show: bool = True):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.last = self.start
+        self.bar, self.lines = None, show
+        if show and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="img", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.lines and time.perf_counter() - self.last >= PROGRESS_EVERY_S:
+            self.last = time.perf_counter()
+            rate = self.done / (self.last - self.start)
+            print(f"{self.done}/{self.total} images ({rate:.0f} images/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class Summary:
+    classified: int
+    unreadable: int
+    seconds: float
+    out: str
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.classified + self.unreadable) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.classified} classified, {self.unreadable} unreadable, {self.images_per_s:.1f} images/s "
+                f"({self.seconds:.1f} s) -> {self.out}")  # fmt: skip
+
+
+def default_workers() -> int:
+    """Decoding processes by default: one per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def classify(
+    model: Model,
+    paths: Sequence[str | Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    workers: int | None = None,
+    limits: Limits | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of `paths` batch by batch, in order: decoding in `workers` spawned processes (0: in this
+    process; None: one per core), the sessions in this one."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    k = min(top_k, len(model.labels))
+    pool = decoding_pool(workers) if workers and paths else None
+    try:
+        decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers)
+        for batch in batches(decoded, batch_size, model.input_shape):
+            ranked = model(batch.pixels) if len(batch.pixels) else Ranked(np.empty((0, 0)), np.empty((0, 0)))
+            yield rows(batch, ranked, model.labels, k)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def predict(
+    model: str | Model,
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    top_k: int = 5,
+    batch_size: int = 64,
+    workers: int | None = None,
+    voting: str = "soft",
+    weights: list[float] | None = None,
+    device: str = "auto",
+    limits: Limits | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Classify every image file of `inputs` (files, folders searched recursively) with `model` (a store tag,
+    an .onnx file, `a+b`, or a loaded Model) and write one row per file to `out` (.csv or .jsonl)."""
+    start = time.perf_counter()
+    paths = list_images(inputs)
+    if not paths:
+        raise UserError("no image files found in the paths given")
+    check_out(out)  # refused before the models load; the file is opened after, so a failed load leaves it be
+    if not isinstance(model, Model):
+        model = Model.load(model, voting, weights, device, batch_size)
+    writer = Writer(out)
+    try:
+        bar = Progress(len(paths), progress)
+        classified = unreadable = 0
+        for part in classify(model, paths, top_k, batch_size, workers, limits):
+            writer.write(part)
+            bad = sum(row["error"] is not None for row in part)
+            classified, unreadable = classified + len(part) - bad, unreadable + bad
+            bar.update(len(part))
+        bar.close()
+    finally:
+        writer.close()
+    return Summary(classified, unreadable, time.perf_counter() - start, str(out))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.predict",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", help="store tag (name or name:version), .onnx file, or an ensemble a+b")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders to search")
+    parser.add_argument("--out", required=True, help="rows to write: .csv or .jsonl")
+    parser.add_argument("--top-k", type=int, default=5, help="labels per image in top_k")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per session call")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes; 0: decode in this process "
+                        "(default: one per core)")  # fmt: skip
+    parser.add_argument("--voting", default="soft", choices=VOTINGS, help="how an ensemble's members vote")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight per member, for --voting weighted")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        summary = predict(args.model, args.inputs, args.out, args.top_k, args.batch_size, args.workers,
+                          args.voting, args.weights, args.device, progress=True)  # fmt: skip
+    except UserError as e:
+        print(one_line(e), file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
