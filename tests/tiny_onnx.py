@@ -108,4 +108,3 @@ def tiny_graph(
     )
     Path(path).write_bytes(model)
     return Path(path)
-
