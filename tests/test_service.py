@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from core.images import open_rgb
+from service.predict import read_rows
 from tests.conftest import ROOT, quick_config, run_cli
 from training import checkpoint as ckpt
 from training.fit import fit
@@ -396,3 +398,41 @@ def test_classification_routes_are_not_traced_by_default(server, store, digits_r
             break
         time.sleep(0.2)
     assert lines and not any("(trace=" in line for line in lines)
+
+
+def test_predict_gives_the_probabilities_classify_and_ensemble_give(server, store, digits_root, tmp_path):
+    """`python -m service.predict` on a folder, against the served model and ensemble on the same files: the same
+    labels, in the same order, with the same probabilities to 1e-6; a file that is not an image is listed."""
+    folder = tmp_path / "images"
+    (folder / "photos").mkdir(parents=True)
+    for d in range(10):
+        for p in sorted((digits_root / "test" / str(d)).glob("*.png"))[:2]:
+            shutil.copy(p, folder / f"{d}-{p.name}")
+    for photo in ("rocket.jpg", "chelsea.png", "camera.png", "no_time_for_that_tiny.gif", "multipage.tif"):
+        shutil.copy(SKIMAGE_DATA / photo, folder / "photos" / photo)
+    (folder / "photos" / "broken.png").write_bytes(b"this is not an image")
+    for model, route, data in [
+        ("digits-resnet18", "classify", {"model": "digits-resnet18"}),
+        ("digits-resnet18+digits-b", "ensemble", {"ensemble": "default"}),
+    ]:
+        out = tmp_path / f"{route}.jsonl"
+        result = subprocess.run([sys.executable, "-m", "service.predict", model, str(folder), "--out", str(out),
+                                 "--top-k", "10", "--batch-size", "8", "--workers", "2"], cwd=ROOT, env=store,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "25 classified, 1 unreadable" in result.stdout, result.stdout
+        rows = read_rows(out)
+        [broken] = [r for r in rows if r["error"]]
+        assert broken["path"].endswith("broken.png") and "is not an image in a supported format" in broken["error"]
+        good = [r for r in rows if not r["error"]]
+        response = post(server, route, [Path(r["path"]) for r in good], {**data, "top_k": "10"})
+        assert response.status_code == 200, response.text
+        for row, answer in zip(good, response.json(), strict=True):
+            assert (row["label"], row["index"]) == (answer["label"], answer["index"]), row["path"]
+            assert abs(row["probability"] - answer["probability"]) <= 1e-6, row["path"]
+            # every class's probability (top_k 10 of 10); not their order, which a 1e-9 difference may swap
+            got, want = np.zeros(10), np.zeros(10)
+            for table, entries in ((got, row["top_k"]), (want, answer["top_k"])):
+                for e in entries:
+                    table[e["index"]] = e["probability"]
+            assert len(row["top_k"]) == 10 and np.abs(got - want).max() <= 1e-6, row["path"]
