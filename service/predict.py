@@ -33,6 +33,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from core.errors import UserError, one_line
+from core.images import IMAGE_EXTENSIONS
 from core.voting import VOTINGS
 from service.config import Limits
 from service.files import Decoded, decode_files, decoding_pool, list_images
@@ -188,6 +189,18 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def check_settings(top_k: int, batch_size: int, workers: int | None) -> int:
+    """The number of decoding processes (None: one per core), or a UserError for a setting out of range."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    return workers
+
+
 def classify(
     model: Model,
     paths: Sequence[str | Path],
@@ -198,13 +211,7 @@ def classify(
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of `paths` batch by batch, in order: decoding in `workers` spawned processes (0: in this
     process; None: one per core), the sessions in this one."""
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    workers = default_workers() if workers is None else workers
-    if workers < 0:
-        raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    workers = check_settings(top_k, batch_size, workers)
     k = min(top_k, len(model.labels))
     pool = decoding_pool(workers) if workers and paths else None
     try:
@@ -233,10 +240,13 @@ def predict(
     """Classify every image file of `inputs` (files, folders searched recursively) with `model` (a store tag,
     an .onnx file, `a+b`, or a loaded Model) and write one row per file to `out` (.csv or .jsonl)."""
     start = time.perf_counter()
+    inputs = list(inputs)
     paths = list_images(inputs)
     if not paths:
-        raise UserError("no image files found in the paths given")
-    check_out(out)  # refused before the models load; the file is opened after, so a failed load leaves it be
+        raise UserError(f"no image files in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    # every setting is refused before the models load, and the file is opened after: a refusal leaves it be
+    check_out(out)
+    check_settings(top_k, batch_size, workers)
     if not isinstance(model, Model):
         model = Model.load(model, voting, weights, device, batch_size)
     writer = Writer(out)

@@ -46,7 +46,7 @@ def photos(tmp_path_factory) -> Path:
     """Nine images of several sizes and formats in two folders, a file that is not an image, a truncated
     PNG and a text file a folder search skips."""
     root = tmp_path_factory.mktemp("photos")
-    (root / "b" / "deeper").mkdir(parents=True)
+    (root / "b" / "deeper" / "empty").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(6):  # distinct mean colours, so the tiny graphs tell the images apart
         pixels = np.clip(rng.normal(40 * i, 30, (30 + 7 * i, 45, 3)), 0, 255).astype(np.uint8)
@@ -179,10 +179,12 @@ def test_store_tags_and_their_ensemble_from_the_command_line(graphs, photos, tmp
         (["missing-model", photos], "error: model 'missing-model' is neither an .onnx file nor in the BentoML"),
         (["one", tmp_path / "nowhere"], "error: no such file or folder:"),
         (["one", photos, "--top-k", "0"], "error: --top-k must be at least 1"),
+        (["one", photos / "b" / "deeper" / "empty"], "error: no image files in "),
     ]:
         result = cli(*args, "--out", tmp_path / "x.csv", env=env)
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
         assert result.stderr.startswith(message), result.stderr
+        assert not (tmp_path / "x.csv").exists()  # refused before anything is written
     wrong_suffix = cli("one", photos, "--out", tmp_path / "rows.parquet", env=env)
     assert wrong_suffix.returncode == 2 and "--out must end in .csv or .jsonl" in wrong_suffix.stderr
 
