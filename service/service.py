@@ -38,7 +38,7 @@ from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
 from service import config as serving_config
-from service import packed, runtime, stored, timeout
+from service import packed, port, runtime, stored, timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
@@ -50,6 +50,7 @@ from service.upload import REFUSED, Form, Upload, read
 CONFIG = packed.load_or_exit()
 STORED = stored.load_or_exit(CONFIG)  # the store's entry of each model, by name
 packed.pin({name: str(entry.tag) for name, entry in STORED.items()})  # what `bentoml build` packs
+port.check()  # in the `bentoml serve` process: a port in use is one line too
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
