@@ -61,6 +61,7 @@ def load_or_exit() -> serving_config.ServingConfig:
     text = path.read_text() if path.is_file() else None
     config = serving_config.load_or_exit(path, text)
     _read = (path, text)
+    record(path, text, {})
     return config
 
 
@@ -86,7 +87,7 @@ def record(path: Path, text: str, models: dict[str, str]) -> None:
     import bentoml
     from bentoml._internal.utils.args import set_arguments
 
-    value = {"path": str(path), "yaml": text, "models": models}
+    value = {"path": str(path), "yaml": text, **({"models": models} if models else {})}
     set_arguments({**vars(bentoml.use_arguments()), ARG: value})
 
 

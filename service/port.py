@@ -24,12 +24,15 @@ from pathlib import Path
 logger = logging.getLogger("service")
 
 
-def serve_command(argv: list[str]) -> list[str] | None:
-    """The arguments after `serve` when `argv` is a `bentoml serve` command line, else None."""
+def bentoml_command(argv: list[str] | None = None) -> tuple[str, list[str]] | None:
+    """(command, its arguments) when `argv` (default sys.argv) is a `bentoml serve` or `bentoml build` command
+    line: the processes that import the service to serve or pack it, as opposed to its workers (`python -m
+    _bentoml_impl.worker.service`) and to a plain `import service.service`. None otherwise."""
+    argv = sys.argv if argv is None else argv
     program = Path(argv[0]) if argv else Path()
     is_bentoml = program.name == "bentoml" or program.parts[-2:] == ("bentoml", "__main__.py")
-    if is_bentoml and argv[1:2] == ["serve"]:
-        return argv[2:]
+    if is_bentoml and argv[1:2] in (["serve"], ["build"]):
+        return argv[1], argv[2:]
     return None
 
 
@@ -59,9 +62,10 @@ def in_use(host: str, port: int) -> bool:
 
 def check(argv: list[str] | None = None) -> None:
     """In the `bentoml serve` process: a port in use is one line on stderr and exit status 2."""
-    args = serve_command(sys.argv if argv is None else argv)
-    if args is None:
+    command = bentoml_command(argv)
+    if command is None or command[0] != "serve":
         return
+    args = command[1]
     try:
         host, port = address(args)
     except Exception as e:  # noqa: BLE001 - BentoML's CLI changed: let BentoML bind and report as it does

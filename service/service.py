@@ -44,14 +44,17 @@ from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 
-# Before anything starts, each one line on stderr and exit status 2: a bad config, a model missing from the
-# store, an ensemble whose members differ in labels or input size. In a Bento the config is the one packed into
-# it (service/packed.py).
+# Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
+# `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
+# model missing from the store, an ensemble whose members differ in labels or input size, a port in use.
+# In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
-STORED = stored.load_or_exit(CONFIG)  # the store's entry of each model, by name
-packed.pin({name: str(entry.tag) for name, entry in STORED.items()})  # what `bentoml build` packs
-port.check()  # in the `bentoml serve` process: a port in use is one line too
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
+if port.bentoml_command() is not None:
+    TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG).values()]
+    packed.pin(dict(zip(NAMES, TAGS)))  # the versions `bentoml build` packs, and the Bento then serves
+    port.check()
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -194,7 +197,7 @@ ERROR_SCHEMA = {
 
 
 # One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
-MODEL_REFS = [bentoml.models.BentoModel(STORED[name].tag) for name in NAMES]
+MODEL_REFS = [bentoml.models.BentoModel(tag) for tag in TAGS]
 _StoredModels = type("_StoredModels", (), {f"model_{i}": ref for i, ref in enumerate(MODEL_REFS)})
 
 
