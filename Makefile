@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean container container-check
+.PHONY: install test lint demo bench clean bento container container-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,13 +43,20 @@ bench: install
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5
 	$(PY) -m bench.serve_load --quick --models digits --concurrency 1 16 64 --duration 3 --warmup 1
 
+# A Bento of the models SERVING_CONFIG names (default serving.yaml), which it then serves: `bentoml serve TAG`.
+SERVING_CONFIG ?= serving.yaml
+
+bento: install
+	SERVING_CONFIG=$(SERVING_CONFIG) $(VENV)/bin/bentoml build
+
 # Containers (README, "Container"): VARIANT=cpu|gpu, BASE_IMAGE=python:3.11-slim to use a registry base instead
-# of the offline Debian one, IMAGE=name:tag. Needs a running Docker daemon; see deploy/container.sh.
+# of the offline Debian one, IMAGE=name:tag, SERVING_CONFIG=mine.yaml for the models mine.yaml names. Needs a running
+# Docker daemon; see deploy/container.sh.
 VARIANT ?= cpu
 IMAGE ?= classifier:$(VARIANT)
 
 container: install
-	VARIANT=$(VARIANT) IMAGE=$(IMAGE) VENV=$(VENV) deploy/container.sh
+	VARIANT=$(VARIANT) IMAGE=$(IMAGE) VENV=$(VENV) SERVING_CONFIG=$(SERVING_CONFIG) deploy/container.sh
 
 container-check: install
 	$(PY) -m deploy.check --image $(IMAGE) --variant $(VARIANT)

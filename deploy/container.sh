@@ -5,6 +5,7 @@
 #   BASE_IMAGE=NAME      a registry base such as python:3.11-slim; empty: an offline Debian base built here
 #                        with debootstrap (needs root) and cached as $OFFLINE_BASE
 #   IMAGE=NAME:TAG       the image to build (default classifier:$VARIANT)
+#   SERVING_CONFIG=FILE  the serving config the image serves, with exactly the models it names (default serving.yaml)
 #   DOCKER=PATH          a docker client that builds without the buildx plugin (default: Debian's /usr/bin/docker)
 #   REBUILD_BASE=1       build the offline base again even when it is cached
 #
@@ -18,6 +19,8 @@ VARIANT=${VARIANT:-cpu}
 BASE_IMAGE=${BASE_IMAGE:-}
 OFFLINE_BASE=${OFFLINE_BASE:-imgclf-base:bookworm}
 IMAGE=${IMAGE:-classifier:$VARIANT}
+SERVING_CONFIG=$(realpath "${SERVING_CONFIG:-serving.yaml}")
+export SERVING_CONFIG  # bentoml build packs this config and its models (service/packed.py)
 VENV=$(realpath "${VENV:-.venv}")
 PY=$VENV/bin/python
 BENTOML=$VENV/bin/bentoml
@@ -42,8 +45,9 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
-# 1. the models serving.yaml names must be in the model store; the default one is trained as `make demo` does
-if ! "$BENTOML" models get digits-resnet18 >/dev/null 2>&1 && grep -q "digits-resnet18" serving.yaml; then
+# 1. the models the config names must be in the model store (bentoml build stops with one line naming a missing
+# one); the default one is trained as `make demo` does
+if ! "$BENTOML" models get digits-resnet18 >/dev/null 2>&1 && grep -q "digits-resnet18" "$SERVING_CONFIG"; then
     echo "== digits-resnet18 is not in the model store: training and exporting it as make demo does"
     "$PY" -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18
     "$PY" -m export runs/digits-resnet18/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
@@ -84,7 +88,7 @@ bentofile=$shim/bentofile.yaml
 "$PY" -m deploy.bentofile --variant "$VARIANT" --base-image "$BASE_IMAGE" --out "$bentofile"
 bento=$("$BENTOML" build -f "$bentofile" --output tag . | tail -1)
 bento=${bento#__tag__:}
-echo "== Bento $bento ($VARIANT, base $BASE_IMAGE)"
+echo "== Bento $bento ($VARIANT, base $BASE_IMAGE, serving $SERVING_CONFIG)"
 
 # 4. the image, built on the host network. bentoml copies the Bento to a temporary build context and refuses a
 # Dockerfile template outside the working directory, so the context is made under the directory it runs in.

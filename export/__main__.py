@@ -1,6 +1,7 @@
 """Command line of the export stage.
 
     python -m export runs/NAME/best.pt --out models/NAME.onnx [--fp16] [--store NAME]
+    python -m export runs/NAME/best.pt --store NAME          # the graph goes to models/NAME.onnx
     python -m export ensemble models/a.onnx models/b.onnx --out models/ens.onnx [--weights 2 1] [--store NAME]
 
 Every export verifies itself before it reports success and exits 1 when the figures miss the
@@ -24,7 +25,7 @@ VERIFY_FAILED = 1
 def _single_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description="checkpoint -> verified ONNX graph")
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/NAME.onnx")
+    p.add_argument("--out", help="ONNX file to write (default with --store NAME: models/NAME.onnx)")
     p.add_argument("--fp16", action="store_true", help="float16 network (uint8 in, float32 out), for GPUs")
     p.add_argument(
         "--weights",
@@ -48,6 +49,18 @@ def _ensemble_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_out(out: str | None, store: str | None) -> str:
+    """Where the graph goes: --out, or with --store NAME alone models/NAME.onnx.
+
+    A file that stays, not a temporary one: `make demo` and the README put graphs there, `python -m export
+    ensemble` takes member files, and the verified graph can be opened or benchmarked without the store."""
+    if out:
+        return out
+    if not store:
+        raise UserError("give --out FILE.onnx, or --store NAME to write models/NAME.onnx and store it")
+    return str(Path("models") / f"{store}.onnx")
+
+
 def export_single(args: argparse.Namespace) -> int:
     from export.graph import OPSET, export_onnx
     from export.store import check_name
@@ -57,6 +70,7 @@ def export_single(args: argparse.Namespace) -> int:
 
     if args.store:
         check_name(args.store)
+    args.out = default_out(args.out, args.store)
     checkpoint = ckpt.load(args.checkpoint)
     weights = resolve_weights(checkpoint, args.weights)
     images = verification_images(checkpoint, args.data, args.verify_images)

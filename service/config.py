@@ -305,24 +305,34 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
 
 
 def load(path: str | Path | None = None) -> ServingConfig:
-    path = Path(path or os.environ.get("SERVING_CONFIG", DEFAULT_PATH))
+    path = Path(path or config_path())
     if not path.is_file():
         raise ConfigError(f"serving config not found: {path} (set SERVING_CONFIG to another file)")
+    return loads(path.read_text(), str(path))
+
+
+def loads(text: str, where: str) -> ServingConfig:
+    """The config in `text`, read from `where` (a path, or the Bento that carries it), which errors name."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
     try:
         return parse({} if raw is None else raw)
     except ConfigError as e:
-        raise ConfigError(f"{e} (in {path})") from None
+        raise ConfigError(f"{e} (in {where})") from None
 
 
-def load_or_exit(path: str | Path | None = None) -> ServingConfig:
-    """`load`, or one clear line on stderr and exit status 2 instead of a traceback through BentoML's CLI: what
-    the service runs at import, which is the first thing `bentoml serve` does."""
+def load_or_exit(path: str | Path | None = None, text: str | None = None) -> ServingConfig:
+    """`load` (or `loads(text, path)`), or one clear line on stderr and exit status 2 instead of a traceback
+    through BentoML's CLI: what the service runs at import, which is the first thing `bentoml serve` does."""
     try:
-        return load(path)
+        return load(path) if text is None else loads(text, str(path))
     except ConfigError as e:
         print(f"error: serving config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def config_path() -> Path:
+    """The file `bentoml serve` and `bentoml build` read in a checkout: $SERVING_CONFIG, or serving.yaml."""
+    return Path(os.environ.get("SERVING_CONFIG", DEFAULT_PATH))

@@ -38,14 +38,23 @@ from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
 from service import config as serving_config
-from service import runtime, timeout
+from service import packed, port, runtime, stored, timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 
-CONFIG = serving_config.load_or_exit()  # a bad file: one line on stderr and exit status 2
+# Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
+# `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
+# model missing from the store, an ensemble whose members differ in labels or input size, a port in use.
+# In a Bento the config is the one packed into it (service/packed.py).
+CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
+if port.bentoml_command() is not None:
+    TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG).values()]
+    packed.pin(dict(zip(NAMES, TAGS)))  # the versions `bentoml build` packs, and the Bento then serves
+    port.check()
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -188,17 +197,17 @@ ERROR_SCHEMA = {
 
 
 # One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
-MODEL_REFS = [bentoml.models.BentoModel(tag) for tag in CONFIG.models]
+MODEL_REFS = [bentoml.models.BentoModel(tag) for tag in TAGS]
 _StoredModels = type("_StoredModels", (), {f"model_{i}": ref for i, ref in enumerate(MODEL_REFS)})
 
 
 def _stored(i: int) -> bentoml.Model:
-    stored = MODEL_REFS[i].stored
-    if stored is None:
+    entry = MODEL_REFS[i].stored
+    if entry is None:  # removed from the store since the import checked it
         raise RuntimeError(
             f"model '{CONFIG.models[i]}' is not in the BentoML model store; export it with --store {NAMES[i]}"
         )
-    return stored
+    return entry
 
 
 # The routes whose requests get no OpenTelemetry span unless serving.yaml asks for tracing: BentoML's tracing
@@ -230,18 +239,18 @@ class Classifier(_StoredModels):
         sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
             # the model store entry's metadata (written by `python -m export --store`) says what it expects
-            stored = _stored(i)
-            meta = stored.info.metadata
-            path = Path(stored.path_of(MODEL_FILE))
+            entry = _stored(i)
+            meta = entry.info.metadata
+            path = Path(entry.path_of(MODEL_FILE))
             try:
                 graph = Graph(path, CONFIG.device, cpu_threads, sizes, CONFIG.cuda)
                 warmed = graph.warm()
             except Exception as e:
-                raise RuntimeError(f"cannot load model '{stored.tag}' from {path}: {e}") from e
+                raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
             for size, seconds in warmed.items():
                 WARMUP_SECONDS.labels(model=name, batch_size=str(size)).set(seconds)
             self.model_info[name] = {
-                "tag": str(stored.tag),
+                "tag": str(entry.tag),
                 "arch": meta["arch"],
                 "labels": meta["labels"],
                 "input_size": [meta["crop_size"], meta["crop_size"]],
