@@ -76,3 +76,29 @@ def stored(meta: dict[str, Any]) -> dict[str, Any]:
 def preprocess_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The part of the metadata `core.preprocess.prepare` needs."""
     return {k: meta[k] for k in ("resize_size", "crop_size", "interpolation")}
+
+
+def member_mismatch(a: str, meta_a: dict[str, Any], b: str, meta_b: dict[str, Any]) -> str | None:
+    """Why graphs `a` and `b` cannot vote in one ensemble, or None: members must have the same labels in the
+    same order (class j of one is class j of the other) and the same eval resize and crop, since an upload is
+    decoded once for all of them (resizing an already cropped image is not the preprocessing a member was
+    validated with). The one rule for `export ensemble`, serving.yaml's ensembles and `service.predict`."""
+    la, lb = meta_a["labels"], meta_b["labels"]
+    if la != lb:
+        if len(la) != len(lb):
+            why = f"{len(la)} classes in '{a}', {len(lb)} in '{b}'"
+        elif sorted(la) == sorted(lb):
+            j = next(i for i, (x, y) in enumerate(zip(la, lb)) if x != y)
+            why = f"the same classes in another order: class {j} is '{la[j]}' in '{a}' but '{lb[j]}' in '{b}'"
+        else:
+            j = next(i for i, (x, y) in enumerate(zip(la, lb)) if x != y)
+            why = f"class {j} is '{la[j]}' in '{a}' but '{lb[j]}' in '{b}'"
+        return f"members '{a}' and '{b}' have different labels ({why}); members must share labels, in order"
+    pa, pb = preprocess_of(meta_a), preprocess_of(meta_b)
+    if pa != pb:
+        why = "; ".join(f"{k} {pa[k]} in '{a}' but {pb[k]} in '{b}'" for k in pa if pa[k] != pb[k])
+        return (
+            f"members '{a}' and '{b}' take different inputs ({why}); members must share resize_size, crop_size "
+            "and interpolation: export them at one size, or serve them as separate models"
+        )
+    return None

@@ -22,8 +22,6 @@ from onnx import TensorProto, helper, numpy_helper
 from core import metadata
 from core.errors import UserError
 
-GEOMETRY = ("resize_size", "crop_size", "interpolation")
-
 
 def load_member(path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
     path = Path(path)
@@ -37,23 +35,9 @@ def load_member(path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
 
 
 def _check_compatible(paths: list[Path], metas: list[dict[str, Any]], models: list[onnx.ModelProto]) -> None:
-    first = metas[0]
     for path, meta in zip(paths[1:], metas[1:]):
-        if meta["labels"] != first["labels"]:
-            a, b = first["labels"], meta["labels"]
-            if len(a) != len(b):
-                detail = f"{len(a)} classes vs {len(b)}"
-            else:
-                i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-                detail = f"class {i} is '{a[i]}' in {paths[0].name} but '{b[i]}' in {path.name}"
-            raise UserError(f"ensemble members must share labels: {paths[0].name} and {path.name} differ ({detail})")
-        for key in GEOMETRY:
-            if meta[key] != first[key]:
-                raise UserError(
-                    f"ensemble members must share input preprocessing: {key} is {first[key]} in {paths[0].name} "
-                    f"but {meta[key]} in {path.name}; export them at one size (preprocess.{key}) or serve them "
-                    "as separate models"
-                )
+        if (why := metadata.member_mismatch(paths[0].name, metas[0], path.name, meta)) is not None:
+            raise UserError(f"ensemble {why}")
     opsets = {next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) for m in models}
     if len(opsets) > 1:
         raise UserError(f"ensemble members use different ONNX opsets {sorted(opsets)}; re-export them with one --opset")
@@ -124,7 +108,7 @@ def fuse(paths: list[str | Path], weights: list[float] | None = None) -> onnx.Mo
         "labels": metas[0]["labels"],
         "arch": "ensemble",
         "num_classes": classes,
-        **{k: metas[0][k] for k in GEOMETRY},
+        **metadata.preprocess_of(metas[0]),
         "mean": [m["mean"] for m in metas],  # per member: each normalizes inside its own subgraph
         "std": [m["std"] for m in metas],
         "source_sha256": combined,

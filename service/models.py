@@ -77,33 +77,11 @@ def load_member(spec: str, device: str = "auto", batch_size: int | None = None, 
         raise UserError(f"cannot load model '{name}' from {path}: {' '.join(str(e).split())}") from None
 
 
-def _geometry(meta: dict[str, Any]) -> dict[str, Any]:
-    return {"input size": meta["crop_size"], **metadata.preprocess_of(meta)}
-
-
 def check_members(members: list[Member]) -> None:
-    """Members of an ensemble vote on the same classes from the same pixels: the same labels in the same
-    order, and the same input size and preprocessing (the images are decoded once, for all of them)."""
-    first = members[0]
+    """Members of an ensemble vote on the same classes from the same pixels (core.metadata.member_mismatch)."""
     for other in members[1:]:
-        a, b = first.meta["labels"], other.meta["labels"]
-        if a != b:
-            if len(a) != len(b):
-                why = f"{len(a)} and {len(b)} classes"
-            else:
-                j = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-                why = f"class {j} is '{a[j]}' in one and '{b[j]}' in the other"
-            raise UserError(
-                f"ensemble members '{first.name}' and '{other.name}' have different labels ({why}); "
-                "members must share their labels, in the same order"
-            )
-        ga, gb = _geometry(first.meta), _geometry(other.meta)
-        if ga != gb:
-            diff = ", ".join(f"{k} {ga[k]} and {gb[k]}" for k in ga if ga[k] != gb[k])
-            raise UserError(
-                f"ensemble members '{first.name}' and '{other.name}' take different inputs ({diff}); "
-                "members must share their input size and preprocessing"
-            )
+        if (why := metadata.member_mismatch(members[0].name, members[0].meta, other.name, other.meta)) is not None:
+            raise UserError(f"ensemble {why}")
 
 
 @dataclass

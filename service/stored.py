@@ -13,11 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from core import metadata
 from service.config import ServingConfig, model_name
-
-# what members of one ensemble must share: the service decodes and resizes an upload once for all of them
-# (service.py, `_probabilities`) and names every member's class j by the first member's labels[j]
-SHARED = ("labels", "crop_size", "resize_size", "interpolation")
 
 
 class StartUpError(Exception):
@@ -49,29 +46,14 @@ def entries(tags: list[str]) -> dict[str, Any]:
     return found
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    out = []
-    for key in SHARED:
-        if a.get(key) != b.get(key):
-            if key == "labels" and sorted(map(str, a.get(key) or [])) == sorted(map(str, b.get(key) or [])):
-                out.append(f"labels in another order ({a.get(key)} vs {b.get(key)})")
-            else:
-                out.append(f"{key} {a.get(key)!r} vs {b.get(key)!r}")
-    return out
-
-
-def check_ensembles(config: ServingConfig, metadata: dict[str, dict[str, Any]]) -> None:
+def check_ensembles(config: ServingConfig, metadata_of: dict[str, dict[str, Any]]) -> None:
     """Every member of an ensemble has the first member's labels (in order), crop and resize."""
     for name, ensemble in config.ensembles.items():
         first = ensemble.members[0]
         for member in ensemble.members[1:]:
-            differences = _differences(metadata[first], metadata[member])
-            if differences:
-                raise StartUpError(
-                    f"ensembles.{name}: members '{first}' and '{member}' differ in {'; '.join(differences)}; "
-                    "members must share labels, crop_size, resize_size and interpolation (serve them as "
-                    "separate models, or export members trained on the same classes and input size)"
-                )
+            why = metadata.member_mismatch(first, metadata_of[first], member, metadata_of[member])
+            if why is not None:
+                raise StartUpError(f"ensembles.{name}: {why}")
 
 
 def load_or_exit(config: ServingConfig) -> dict[str, Any]:

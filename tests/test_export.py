@@ -191,7 +191,7 @@ def test_ensemble_refuses_members_that_differ(resnet_onnx, effnet_export, tmp_pa
     assert "must share labels" in result.stderr and "class 0 is '0'" in result.stderr and "'zero'" in result.stderr
 
     result = run_export("ensemble", resnet_onnx, effnet_export[0], "--out", tmp_path / "e.onnx")
-    assert result.returncode == 2 and "must share input preprocessing: resize_size is 32" in result.stderr
+    assert result.returncode == 2 and "take different inputs (resize_size 32 in" in result.stderr
     assert not (tmp_path / "e.onnx").exists()
 
 
