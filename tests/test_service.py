@@ -151,29 +151,64 @@ def test_probabilities_match_pytorch_on_real_photos_in_many_formats(server, trai
             assert np.abs(served - reference).max() <= 1e-4, photo
 
 
-def _batch_histogram(url: str) -> tuple[float, float]:
+def _batch_histogram(url: str) -> tuple[float, float, float]:
+    """digits-resnet18's inference_batch_images histogram (summed over worker pids): ONNX Runtime calls,
+    the images they ran, and the calls that ran more than one image."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    count = sum(
-        float(v) for v in re.findall(r'^inference_batch_images_count\{model="digits-resnet18"\} (\S+)', text, re.M)
-    )
-    total = sum(
-        float(v) for v in re.findall(r'^inference_batch_images_sum\{model="digits-resnet18"\} (\S+)', text, re.M)
-    )
-    return count, total
+    calls = images = single = 0.0
+    for name, labels, value in re.findall(r"^inference_batch_images_(count|sum|bucket)\{(.*)\} (\S+)$", text, re.M):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if pairs.get("model") != "digits-resnet18":
+            continue
+        if name == "count":
+            calls += float(value)
+        elif name == "sum":
+            images += float(value)
+        elif float(pairs["le"]) == 1:
+            single += float(value)
+    return calls, images, calls - single
 
 
 def test_concurrent_requests_are_merged_into_batches(server, digits_root):
-    paths = sorted((digits_root / "test").rglob("*.png"))[:48]
-    before = _batch_histogram(server)
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda p: post(server, "classify", [p]), paths))
-    assert all(r.status_code == 200 for r in responses)
-    # each answer belongs to its own request: the digits model is right on nearly all of them
-    assert np.mean([r.json()[0]["label"] == p.parent.name for r, p in zip(responses, paths)]) >= 0.95
-    after = _batch_histogram(server)
-    calls, images = after[0] - before[0], after[1] - before[1]
-    assert images == 48
-    assert calls < 48, f"48 concurrent one-image requests ran as {calls} ONNX Runtime calls: no batching"
+    """Concurrent one-image requests through a real `bentoml serve` share ONNX Runtime calls, and each
+    answer still belongs to its own request.
+
+    A server offers no way to hold its model busy, so whether two requests meet in one call depends on
+    when they arrive; the batcher's exact composition rules are proved with a held model in
+    tests/test_batcher.py. Here each round sends 48 one-image requests from 16 threads at once, and
+    /metrics (the inference_batch_images histogram) says whether any call ran more than one image; the
+    test passes at the first round that merged at least one pair, and fails after 5 rounds that did not.
+    Why that is robust: a round fails to merge only if each of its 48 requests found the model idle with
+    no other request announced (still decoding, which a free model waits for up to max_wait_ms). A
+    loaded machine makes each decode and each call longer, so requests overlap more, not less, and each
+    round is a fresh chance. A batcher that never merges fails all 5 rounds. No count of calls or
+    duration is asserted.
+
+    Each request's answer must equal that image's row in one request carrying all 48 images (one call
+    by construction): the images cycle through the ten classes, so a batch whose rows went back to the
+    wrong requests gives wrong labels.
+    """
+    by_class = [sorted((digits_root / "test" / str(d)).glob("*.png")) for d in range(10)]
+    paths = [by_class[i % 10][i // 10] for i in range(48)]
+    together = post(server, "classify", paths, {"top_k": "1"})
+    assert together.status_code == 200, together.text
+    expected = [(a["label"], a["probability"]) for a in together.json()]
+    merged_in = None
+    for round_ in range(1, 6):
+        before = _batch_histogram(server)
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda p: post(server, "classify", [p], {"top_k": "1"}), paths))
+        after = _batch_histogram(server)
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        for response, (label, probability), path in zip(responses, expected, paths):
+            [answer] = response.json()
+            assert answer["label"] == label and abs(answer["probability"] - probability) <= 1e-4, path
+        _, images, merged = (a - b for a, b in zip(after, before))
+        assert images == len(paths), f"{len(paths)} images sent, {images} ran"  # each image ran exactly once
+        if merged:
+            merged_in = round_
+            break
+    assert merged_in, "5 rounds of 48 concurrent one-image requests: every ONNX Runtime call ran one image"
 
 
 def test_ensemble_voting(server, digits_root):
