@@ -4,6 +4,7 @@ python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-r
 python -m training fit --out runs/digits-resnet18 --resume
 python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
 python -m training data digits --out data/digits [--label-fraction 0.1]
+python -m training data photos --out data/photos
 python -m training distill --teacher T.pt [--teacher ...] --config STUDENT.yaml --out runs/NAME [--unlabeled DIR]
 python -m training self-train --config RECIPE.yaml --unlabeled DIR --iterations K --out runs/NAME
 python -m training pseudo-label CKPT --images DIR --out labels.csv [--threshold P] [--balance]
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset root (default: the checkpoint's own)")
-    ev.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "imagefolder"])
+    ev.add_argument("--dataset", choices=["digits", "photos", "cifar10", "cifar100", "imagefolder"])
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--tta", default="none", choices=["none", "hflip"])
     ev.add_argument("--weights", default="best", choices=["best", "model", "ema"])
@@ -44,11 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusion", help="confusion matrix PNG (default: beside the checkpoint)")
 
     data = sub.add_parser("data", help="materialize a bundled dataset")
-    data.add_argument("name", choices=["digits"])
-    data.add_argument("--out", default="data/digits")
+    data.add_argument("name", choices=["digits", "photos"])
+    data.add_argument("--out", help="where to write it (default: data/NAME)")
     data.add_argument(
-        "--label-fraction", type=float, default=1.0, help="keep this share of train labels; the rest go to unlabeled/"
-    )
+        "--label-fraction", type=float, default=1.0,
+        help="digits only: keep this share of train labels; the rest go to unlabeled/",
+    )  # fmt: skip
 
     distill = _recipe_command(sub, "distill", "train a student from teacher checkpoints (knowledge distillation)")
     distill.add_argument("--teacher", action="append", default=[], help="teacher checkpoint; repeat for an ensemble")
@@ -139,11 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(json.dumps(result))
         elif args.command == "data":
-            from training.digits import write_digits
-
+            out = args.out or f"data/{args.name}"
             if not 0.0 < args.label_fraction <= 1.0:
                 raise UserError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
-            print(write_digits(args.out, args.label_fraction))
+            if args.name == "photos":
+                from training.photos import write_photos
+
+                if args.label_fraction != 1.0:
+                    raise UserError("--label-fraction is for digits only; the photos dataset has no unlabeled/ split")
+                print(write_photos(out))
+            else:
+                from training.digits import write_digits
+
+                print(write_digits(out, args.label_fraction))
     except UserError as e:
         print(one_line(e), file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",  # auto | cpu | cuda
     "deterministic": False,  # deterministic kernels and seeded everything (slower on GPU)
     "data": {
-        "dataset": "digits",  # digits | cifar10 | cifar100 | imagefolder
+        "dataset": "digits",  # digits | photos | cifar10 | cifar100 | imagefolder
         "root": "data/digits",
         "download": False,  # cifar only: allow torchvision to download into root
         "val_fraction": 0.1,  # held out from train when the dataset has no val split
@@ -145,7 +145,7 @@ def _yaml(text: str):
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
-    "data.dataset": ("digits", "cifar10", "cifar100", "imagefolder"),
+    "data.dataset": ("digits", "photos", "cifar10", "cifar100", "imagefolder"),
     "data.on_bad_image": ("error", "skip"),
     "model.transfer": ("full", "linear_probe"),
     "preprocess.interpolation": ("nearest", "bilinear", "bicubic"),

@@ -19,9 +19,12 @@ from core.errors import UserError
 from core.images import open_rgb
 from training import log
 from training.digits import stratified_split, write_digits
+from training.photos import write_photos
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
+# datasets this project can write itself: data.dataset NAME materializes data.root on first use
+BUNDLED = {"digits": write_digits, "photos": write_photos}
 
 
 class ImageFiles(Dataset):
@@ -188,8 +191,8 @@ def _limit(parts: dict[str, Part], limit: int, seed: int) -> dict[str, Part]:
 def build_splits(data: dict[str, Any]) -> Splits:
     """The recipe's `data` section -> class names and untransformed splits."""
     name, root = data["dataset"], Path(data["root"])
-    if name == "digits":
-        splits = _folder_splits(write_digits(root), data, seed=0)
+    if name in BUNDLED:
+        splits = _folder_splits(BUNDLED[name](root), data, seed=0)
     elif name in ("cifar10", "cifar100"):
         splits = _cifar_splits(name, root, data)
     else:
