@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
         "val_fraction": 0.1,  # held out from train when the dataset has no val split
         "limit": 0,  # keep at most this many images per split (0 = all); for smoke runs
         "on_bad_image": "error",  # error | skip: what to do with a file that does not decode
+        # a val/test split lacking some of train's classes is refused: its accuracy says nothing about them.
+        # true accepts it (a rare class with no held-out images in a small folder of photos)
+        "allow_missing_classes": False,
         "batch_size": 64,  # global batch: divided across DDP processes
         "eval_batch_size": 256,
         "workers": 2,
