@@ -1,7 +1,7 @@
 """Command line of the training stage.
 
 python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 [--set k=v ...]
-python -m training fit --out runs/digits-resnet18 --resume
+python -m training fit --out runs/digits-resnet18 --resume       (or --overwrite: start that run afresh)
 python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
 python -m training data digits --out data/digits [--label-fraction 0.1]
 python -m training data photos --out data/photos
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     fit.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe keys")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    fit.add_argument("--overwrite", action="store_true", help="delete the run already in OUT, then train afresh")
     fit.add_argument("--runs", type=int, default=1, help="repeat with N seeds; report mean +- std")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
@@ -82,18 +83,26 @@ def _recipe_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe keys")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in OUT, then train afresh")
     return p
 
 
 def _recipe(args: argparse.Namespace, flags: dict) -> dict:
-    """The resolved config of a recipe command: recipe, then command-line flags, then --set."""
+    """The resolved config of a recipe command (recipe, then command-line flags, then --set), once --out may
+    take the run: a run already there is refused without --resume / --overwrite (training/run_folder.py)."""
     from training.config import load_config
+    from training.log import is_main_process
+    from training.run_folder import claim
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     config_path = args.config or (Path(args.out) / "config.yaml" if args.resume else None)
     if config_path is None:
         raise UserError(f"{args.command} needs --config (or --resume with an existing run folder)")
     overrides = {k: v for k, v in flags.items() if v not in (None, [], False)}
-    return load_config(config_path, {**overrides, **parse_overrides(args.set)})
+    config = load_config(config_path, {**overrides, **parse_overrides(args.set)})
+    claim(args.out, args.resume, args.overwrite, is_main_process())  # after the recipe: a typo deletes nothing
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
