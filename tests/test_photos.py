@@ -60,8 +60,8 @@ def test_the_small_photos_recipe_learns_them(photos_root, tmp_path):
     result = run_cli("fit", "--config", PHOTOS_RECIPE, "--out", out, "--set", f"data.root={photos_root}", *PHOTOS_QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    # chance is 1/6; seed 0 reaches 0.XX with these settings
-    assert summary["test_acc"] >= 0.6, summary
+    # chance is 1/6; seed 0 reaches 0.95 on a CPU (60 test images): 0.7 leaves room for other kernels' rounding
+    assert summary["test_acc"] >= 0.7, summary
     found = "train: 240 images, 6 of 6 classes (astronaut, cat, coffee, flower, rocket, ...), 40-40 images a class"
     log = (out / "train.log").read_text()
     assert found in result.stdout and found in log
