@@ -110,6 +110,14 @@ def test_a_val_split_missing_a_class_is_refused_unless_allowed(photos_root, tmp_
     assert splits.labels == ["cat", "coffee", "rocket"] and sorted(set(splits.parts["val"].labels)) == [0, 2]
 
 
+def test_a_held_out_val_split_has_every_class(photos_root, tmp_path):
+    root = _tiny(tmp_path / "data", photos_root, {"train": ("cat", "coffee", "rocket")})  # 3 images a class, no val/
+    data = load_config(PHOTOS_RECIPE, {"data.root": str(root), "data.dataset": "imagefolder"})["data"]
+    splits = build_splits(data)  # 10% of 3 rounds to none: each class still lends val one image
+    assert sorted(splits.parts["val"].labels.tolist()) == [0, 1, 2]
+    assert sorted(splits.parts["train"].labels.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
 def test_an_empty_class_folder_is_refused(photos_root, tmp_path, capsys):
     root = _tiny(tmp_path / "data", photos_root, {"train": ("cat", "rocket")})
     (root / "train" / "dog").mkdir()

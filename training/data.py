@@ -133,8 +133,15 @@ def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[s
 
 
 def _split_from(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out `fraction` of each class as val; a class of 2+ images too small to round to one still gives one,
+    so the held-out val measures every class (a class of one image is refused by the missing-class check)."""
     parts = stratified_split(labels, {"train": 1.0 - fraction, "val": fraction}, seed)
-    return parts["train"], parts["val"]
+    train, val = parts["train"], parts["val"]
+    short = [c for c in np.unique(labels) if c not in set(labels[val].tolist()) and (labels == c).sum() >= 2]
+    if short:
+        moved = np.array([train[labels[train] == c][-1] for c in short])
+        train, val = np.setdiff1d(train, moved), np.sort(np.concatenate([val, moved]))
+    return train, val
 
 
 def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
@@ -163,6 +170,8 @@ def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
     if empty:
         raise UserError(f"class folder {train_dir / empty[0]} holds no images; add images or remove the folder")
     for split, part in parts.items():
+        if len(classes) < 2:
+            break  # build_splits refuses it with its own line
         folder = root / split if has_train and (root / split).is_dir() else train_dir
         _check_classes(folder, split, classes, part.labels, data)
     return Splits(classes, parts)
