@@ -169,9 +169,7 @@ def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
     empty = [name for name, n in zip(classes, np.bincount(train_labels, minlength=len(classes))) if n == 0]
     if empty:
         raise UserError(f"class folder {train_dir / empty[0]} holds no images; add images or remove the folder")
-    for split, part in parts.items():
-        if len(classes) < 2:
-            break  # build_splits refuses it with its own line
+    for split, part in parts.items() if len(classes) > 1 else ():  # one class: build_splits refuses it its own way
         folder = root / split if has_train and (root / split).is_dir() else train_dir
         _check_classes(folder, split, classes, part.labels, data)
     return Splits(classes, parts)
