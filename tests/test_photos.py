@@ -149,12 +149,14 @@ def test_overwrite_starts_the_run_afresh(photos_root, tmp_path, capsys):
     (out / "seed1" / "last.pt").write_bytes(b"weights")
     (out / "best.pt").write_bytes(b"weights")
     (out / "train.log").write_text("from the earlier run\n")
+    (out / "confusion_test.png").write_bytes(b"picture")  # evaluate's, of the earlier best.pt
     (out / "notes.txt").write_text("mine")  # not a run file: kept
     assert main(_fit_args(out, root, "--overwrite")) == 0
     log = (out / "train.log").read_text()
     assert "from the earlier run" not in log and log.count("summary: ") == 1
     assert log.startswith("train: 6 images, 2 of 2 classes (cat, rocket), 3-3 images a class\n")
-    assert not (out / "seed1").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "seed1").exists() and not (out / "confusion_test.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "summary.json").read_text())["num_classes"] == 2
     capsys.readouterr()
     # the run it wrote is now a run: a second plain fit is refused, --resume is not

@@ -62,3 +62,5 @@ def claim(out: str | Path, resume: bool, overwrite: bool, main_process: bool = T
             shutil.rmtree(sub)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        for picture in out.glob("confusion_*.png"):  # evaluate's, beside the earlier best.pt
+            picture.unlink()
