@@ -25,10 +25,12 @@ lint: install
 PORT ?= 3000
 DEMO_RUN := runs/digits-resnet18
 
+# `deploy.demo trained` fails when the run folder holds no finished run; an interrupted one there is trained
+# again, hence --overwrite (fit refuses a folder holding a run without it).
 demo: install
 	@$(PY) -m deploy.demo port $(PORT)
 	@$(PY) -m deploy.demo trained $(DEMO_RUN) || \
-	  $(PY) -m training fit --config configs/digits_resnet18.yaml --out $(DEMO_RUN)
+	  $(PY) -m training fit --config configs/digits_resnet18.yaml --out $(DEMO_RUN) --overwrite
 	$(PY) -m training evaluate $(DEMO_RUN)/best.pt --split test
 	@$(PY) -m deploy.demo stored digits-resnet18 $(DEMO_RUN)/best.pt || \
 	  $(PY) -m export $(DEMO_RUN)/best.pt --out models/digits-resnet18.onnx --store digits-resnet18

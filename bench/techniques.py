@@ -57,7 +57,9 @@ class Runner:
             sets.append(f"train.epochs={3 if self.args.quick else epochs}")
         extra = [a for a in argv if "=" in a and not a.startswith("-")]
         argv = tuple(a for a in argv if a not in extra)
-        cmd = [sys.executable, "-m", "training", *argv, "--out", str(out), "--set", *sets, *extra]
+        # a finished run is reused below; an interrupted one is trained again (--overwrite), or continued (--resume)
+        fresh = () if "--resume" in argv else ("--overwrite",)
+        cmd = [sys.executable, "-m", "training", *argv, "--out", str(out), *fresh, "--set", *sets, *extra]
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         out.mkdir(parents=True, exist_ok=True)

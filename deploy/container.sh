@@ -49,7 +49,8 @@ fi
 # one); the default one is trained as `make demo` does
 if ! "$BENTOML" models get digits-resnet18 >/dev/null 2>&1 && grep -q "digits-resnet18" "$SERVING_CONFIG"; then
     echo "== digits-resnet18 is not in the model store: training and exporting it as make demo does"
-    "$PY" -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18
+    "$PY" -m deploy.demo trained runs/digits-resnet18 ||
+        "$PY" -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 --overwrite
     "$PY" -m export runs/digits-resnet18/best.pt --out models/digits-resnet18.onnx --store digits-resnet18
 fi
 

@@ -19,7 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.preprocess import prepare
-from training.data import build_splits
+from training.data import BUNDLED, build_splits
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
 
@@ -40,7 +40,7 @@ def verification_images(checkpoint: dict[str, Any], data_root: str | None, count
     data["limit"] = 0
     if data_root:
         data["root"] = data_root
-        if data["dataset"] == "digits":
+        if data["dataset"] in BUNDLED:  # read the given folder as it is, never write a bundled set into it
             data["dataset"] = "imagefolder"
     try:
         splits = build_splits(data)

@@ -1,9 +1,10 @@
 """Command line of the training stage.
 
 python -m training fit --config configs/digits_resnet18.yaml --out runs/digits-resnet18 [--set k=v ...]
-python -m training fit --out runs/digits-resnet18 --resume
+python -m training fit --out runs/digits-resnet18 --resume       (or --overwrite: start that run afresh)
 python -m training evaluate runs/digits-resnet18/best.pt [--data DIR] [--split test] [--tta hflip]
 python -m training data digits --out data/digits [--label-fraction 0.1]
+python -m training data photos --out data/photos
 python -m training distill --teacher T.pt [--teacher ...] --config STUDENT.yaml --out runs/NAME [--unlabeled DIR]
 python -m training self-train --config RECIPE.yaml --unlabeled DIR --iterations K --out runs/NAME
 python -m training pseudo-label CKPT --images DIR --out labels.csv [--threshold P] [--balance]
@@ -30,12 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     fit.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe keys")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    fit.add_argument("--overwrite", action="store_true", help="delete the run already in OUT, then train afresh")
     fit.add_argument("--runs", type=int, default=1, help="repeat with N seeds; report mean +- std")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset root (default: the checkpoint's own)")
-    ev.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "imagefolder"])
+    ev.add_argument("--dataset", choices=["digits", "photos", "cifar10", "cifar100", "imagefolder"])
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--tta", default="none", choices=["none", "hflip"])
     ev.add_argument("--weights", default="best", choices=["best", "model", "ema"])
@@ -44,11 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusion", help="confusion matrix PNG (default: beside the checkpoint)")
 
     data = sub.add_parser("data", help="materialize a bundled dataset")
-    data.add_argument("name", choices=["digits"])
-    data.add_argument("--out", default="data/digits")
+    data.add_argument("name", choices=["digits", "photos"])
+    data.add_argument("--out", help="where to write it (default: data/NAME)")
     data.add_argument(
-        "--label-fraction", type=float, default=1.0, help="keep this share of train labels; the rest go to unlabeled/"
-    )
+        "--label-fraction", type=float, default=1.0,
+        help="digits only: keep this share of train labels; the rest go to unlabeled/",
+    )  # fmt: skip
 
     distill = _recipe_command(sub, "distill", "train a student from teacher checkpoints (knowledge distillation)")
     distill.add_argument("--teacher", action="append", default=[], help="teacher checkpoint; repeat for an ensemble")
@@ -80,18 +83,26 @@ def _recipe_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe keys")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in OUT, then train afresh")
     return p
 
 
 def _recipe(args: argparse.Namespace, flags: dict) -> dict:
-    """The resolved config of a recipe command: recipe, then command-line flags, then --set."""
+    """The resolved config of a recipe command (recipe, then command-line flags, then --set), once --out may
+    take the run: a run already there is refused without --resume / --overwrite (training/run_folder.py)."""
     from training.config import load_config
+    from training.log import is_main_process
+    from training.run_folder import claim
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     config_path = args.config or (Path(args.out) / "config.yaml" if args.resume else None)
     if config_path is None:
         raise UserError(f"{args.command} needs --config (or --resume with an existing run folder)")
     overrides = {k: v for k, v in flags.items() if v not in (None, [], False)}
-    return load_config(config_path, {**overrides, **parse_overrides(args.set)})
+    config = load_config(config_path, {**overrides, **parse_overrides(args.set)})
+    claim(args.out, args.resume, args.overwrite, is_main_process())  # after the recipe: a typo deletes nothing
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,11 +150,19 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(json.dumps(result))
         elif args.command == "data":
-            from training.digits import write_digits
-
+            out = args.out or f"data/{args.name}"
             if not 0.0 < args.label_fraction <= 1.0:
                 raise UserError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
-            print(write_digits(args.out, args.label_fraction))
+            if args.name == "photos":
+                from training.photos import write_photos
+
+                if args.label_fraction != 1.0:
+                    raise UserError("--label-fraction is for digits only; the photos dataset has no unlabeled/ split")
+                print(write_photos(out))
+            else:
+                from training.digits import write_digits
+
+                print(write_digits(out, args.label_fraction))
     except UserError as e:
         print(one_line(e), file=sys.stderr)
         return 2

@@ -19,8 +19,11 @@ from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, open_rgb
 from training import log
 from training.digits import stratified_split, write_digits
+from training.photos import write_photos
 
 SPLITS = ("train", "val", "test")
+# datasets this project can write itself: data.dataset NAME materializes data.root on first use
+BUNDLED = {"digits": write_digits, "photos": write_photos}
 
 
 class ImageFiles(Dataset):
@@ -97,9 +100,22 @@ class Splits:
         return Transformed(part.base, part.indices, transform)
 
 
+def _looks_like_dataset(folder: Path) -> bool:
+    """A folder with a train/ of class folders inside: a dataset root, not a class (photos of trains stay a class)."""
+    train = folder / "train"
+    return train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())
+
+
 def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class sub-folders of `folder` -> (class names, (image path, label) samples); other files are ignored."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    datasets = [name for name in found if _looks_like_dataset(folder / name)]
+    if datasets:
+        raise UserError(
+            f"{folder} holds datasets, not classes ({', '.join(d + '/' for d in datasets[:3])} "
+            f"{'has' if len(datasets) == 1 else 'have'} train/ with class folders): "
+            f"data.root is one level too high; pass data.root={folder / datasets[0]}"
+        )
     if classes is None:
         classes = found
     else:
@@ -116,8 +132,15 @@ def _scan_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[s
 
 
 def _split_from(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out `fraction` of each class as val; a class of 2+ images too small to round to one still gives one,
+    so the held-out val measures every class (a class of one image is refused by the missing-class check)."""
     parts = stratified_split(labels, {"train": 1.0 - fraction, "val": fraction}, seed)
-    return parts["train"], parts["val"]
+    train, val = parts["train"], parts["val"]
+    short = [c for c in np.unique(labels) if c not in set(labels[val].tolist()) and (labels == c).sum() >= 2]
+    if short:
+        moved = np.array([train[labels[train] == c][-1] for c in short])
+        train, val = np.setdiff1d(train, moved), np.sort(np.concatenate([val, moved]))
+    return train, val
 
 
 def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
@@ -130,7 +153,7 @@ def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
         raise UserError(f"no images found in {train_dir} (expected {train_dir}/<class>/<image>)")
     parts: dict[str, Part] = {}
     train_base = ImageFiles(train_samples, data["on_bad_image"])
-    train_labels = np.array([label for _, label in train_samples])
+    train_labels = np.array([label for _, label in train_samples], dtype=int)
     if has_train and (root / "val").is_dir():
         parts["train"] = Part(train_base, np.arange(len(train_samples)), train_labels)
     else:  # no val/: hold out a stratified fraction of train
@@ -140,9 +163,43 @@ def _folder_splits(root: Path, data: dict[str, Any], seed: int) -> Splits:
     for split in ("val", "test"):
         if has_train and (root / split).is_dir() and split not in parts:
             _, samples = _scan_folder(root / split, classes)
-            labels = np.array([label for _, label in samples])
+            labels = np.array([label for _, label in samples], dtype=int)
             parts[split] = Part(ImageFiles(samples, data["on_bad_image"]), np.arange(len(samples)), labels)
+    empty = [name for name, n in zip(classes, np.bincount(train_labels, minlength=len(classes))) if n == 0]
+    if empty:
+        raise UserError(f"class folder {train_dir / empty[0]} holds no images; add images or remove the folder")
+    for split, part in parts.items() if len(classes) > 1 else ():  # one class: build_splits refuses it its own way
+        folder = root / split if has_train and (root / split).is_dir() else train_dir
+        _check_classes(folder, split, classes, part.labels, data)
     return Splits(classes, parts)
+
+
+def _check_classes(folder: Path, split: str, classes: list[str], labels: np.ndarray, data: dict[str, Any]) -> None:
+    """A split without some of train's classes measures nothing about them: refused unless asked for."""
+    if split == "train" or data["allow_missing_classes"]:
+        return
+    missing = [name for name, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n == 0]
+    if missing:
+        where = f"{folder}/" if folder.name == split else f"the {split} split held out of {folder}"
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(
+            f"{where} has no images of {len(missing)} class(es) that train has: {shown}; add some, "
+            "or set data.allow_missing_classes=true to measure without them"
+        )
+
+
+def describe(splits: Splits) -> list[str]:
+    """One line per split: its classes (count, first names) and images per class (min-max)."""
+    lines = []
+    names = ", ".join(splits.labels[:5]) + (", ..." if len(splits.labels) > 5 else "")
+    for split, part in splits.parts.items():
+        counts = np.bincount(part.labels.astype(int), minlength=len(splits.labels))
+        present = int((counts > 0).sum())
+        lines.append(
+            f"{split}: {len(part.labels)} images, {present} of {len(splits.labels)} classes ({names}), "
+            f"{counts.min()}-{counts.max()} images a class"
+        )
+    return lines
 
 
 def _cifar_splits(name: str, root: Path, data: dict[str, Any]) -> Splits:
@@ -187,8 +244,8 @@ def _limit(parts: dict[str, Part], limit: int, seed: int) -> dict[str, Part]:
 def build_splits(data: dict[str, Any]) -> Splits:
     """The recipe's `data` section -> class names and untransformed splits."""
     name, root = data["dataset"], Path(data["root"])
-    if name == "digits":
-        splits = _folder_splits(write_digits(root), data, seed=0)
+    if name in BUNDLED:
+        splits = _folder_splits(BUNDLED[name](root), data, seed=0)
     elif name in ("cifar10", "cifar100"):
         splits = _cifar_splits(name, root, data)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.errors import UserError
 from training import checkpoint as ckpt
-from training.data import build_splits, eval_loader
+from training.data import BUNDLED, build_splits, eval_loader
 from training.distributed import resolve_device
 from training.engine import evaluate
 from training.models import model_from_checkpoint
@@ -37,7 +37,8 @@ def evaluate_checkpoint(
     data_cfg = copy.deepcopy(checkpoint["config"]["data"])
     if data_root is not None:
         data_cfg["root"] = data_root
-        data_cfg["dataset"] = dataset or ("imagefolder" if data_cfg["dataset"] == "digits" else data_cfg["dataset"])
+        bundled = data_cfg["dataset"] in BUNDLED  # another folder is read as it is, not written as the bundled set
+        data_cfg["dataset"] = dataset or ("imagefolder" if bundled else data_cfg["dataset"])
     elif dataset is not None:
         data_cfg["dataset"] = dataset
     data_cfg["limit"] = 0

@@ -5,7 +5,8 @@
 
 runs/NAME/ gets config.yaml, metrics.csv (a row per epoch), curves.png, best.pt, last.pt and
 summary.json. `--resume` continues from last.pt (model, optimizer, scheduler, scaler, EMA, epoch and
-RNG state), so a resumed run ends where an uninterrupted one would.
+RNG state), so a resumed run ends where an uninterrupted one would. The CLI refuses an --out that holds a
+run unless --resume or --overwrite is given (training/run_folder.py); `fit()` itself writes where it is told.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from core.errors import UserError
 from training import checkpoint as ckpt
 from training import log
 from training.config import save_config
-from training.data import build_splits, eval_loader, train_loader
+from training.data import build_splits, describe, eval_loader, train_loader
 from training.distributed import all_mean, barrier, cleanup, init_distributed
 from training.ema import EMA
 from training.engine import TrainState, evaluate, train_one_epoch
@@ -109,6 +110,13 @@ def fit(
     labels = splits.labels
     task.prepare(splits, device)
     model, preprocess, head = build_model(config["model"], len(labels), config["preprocess"])
+    if show:  # what the run found, before the first step: a wrong data.root or size shows up here, not in hours
+        for line in describe(splits):
+            log.info(line)
+        log.info(
+            f"input: {preprocess['crop_size']} px crops of images resized to {preprocess['resize_size']} px "
+            f"({preprocess['interpolation']}); model {config['model']['arch']}, device {device}"
+        )
     linear_probe = config["model"]["transfer"] == "linear_probe"
     if linear_probe:
         freeze_backbone(model, head)
