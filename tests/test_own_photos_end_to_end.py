@@ -1,0 +1,129 @@
+"""A user's own photos to a deployed classifier, with the README's own commands.
+
+The block under README.md's `<!-- own-photos ... -->` marker runs as it stands, in bash, with only its places
+moved: `data/photos`, `runs/photos`, `photos.yaml` and `labels.csv` into a temporary folder, port 3000 to a free
+port, and a temporary model store (BENTOML_HOME). So a change that breaks the README's path - the photos set,
+the recipe, fit's checks, export --store without --out, `make bento` of another serving config, the Bento
+serving that config, service.predict - fails here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+
+MARKER = "<!-- own-photos: tests/test_own_photos_end_to_end.py runs this block -->"
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's own-photos block, continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(MARKER) :]
+    block = block[block.index("```bash\n") + len("```bash\n") :]
+    block = block[: block.index("```")]
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def moved(command: str, tmp: Path, port: int) -> str:
+    for place in ("data/photos", "runs/photos", "photos.yaml", "labels.csv"):
+        command = re.sub(rf"(?<![\w/]){re.escape(place)}", str(tmp / place), command)
+    return command.replace("3000", str(port))
+
+
+def bash(script: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, f"{script}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_the_readme_path_from_own_photos_to_a_served_bento(tmp_path):
+    from tests.test_service import free_port
+
+    commands = readme_commands()
+    [serve] = [i for i, c in enumerate(commands) if c.startswith("bentoml serve")]
+    port = free_port()
+    before, serve_line, after = commands[:serve], commands[serve], commands[serve + 1 :]
+    assert [c.split()[0] for c in after] == ["curl", "python"], after
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the README's activated venv
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("SERVING_CONFIG", None)
+    # `export --store photos` writes models/photos.onnx in the checkout, as the README says: a file a user has
+    # there is put back afterwards
+    onnx_file = ROOT / "models" / "photos.onnx"
+    kept = onnx_file.read_bytes() if onnx_file.is_file() else None
+    try:
+        _walk(before, after, serve_line, env, tmp_path, port)
+    finally:
+        if kept is not None:
+            onnx_file.write_bytes(kept)
+        else:
+            onnx_file.unlink(missing_ok=True)
+
+
+def _walk(before: list[str], after: list[str], serve_line: str, env: dict, tmp_path: Path, port: int) -> None:
+    built = bash("\n".join(moved(c, tmp_path, port) for c in before), env)
+
+    # evaluate printed its JSON: the recipe learned the held-out photos
+    evaluated = json.loads(next(line for line in built.stdout.splitlines() if line.startswith('{"acc"')))
+    assert evaluated["n"] == 60 and evaluated["acc"] >= 0.7, evaluated
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(["bash", "-c", f"exec {moved(serve_line, tmp_path, port)}"], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 150
+        while server.poll() is None and time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+
+        # the Bento serves photos.yaml's one model, whatever the checkout's serving.yaml names
+        models = httpx.post(f"{url}/models", json={}, timeout=30).json()
+        assert list(models["models"]) == ["photos"] and models["default_model"] == "photos", models
+        assert models["models"]["photos"]["labels"] == ["astronaut", "cat", "coffee", "flower", "rocket", "temple"]
+
+        curl, predict = (moved(c, tmp_path, port) for c in after)
+        [answer] = json.loads(bash(curl, env).stdout)
+        assert answer["model"] == "photos" and answer["label"] == "cat", answer
+
+        # every held-out photo, without the server: the served answer for the same file, and the test accuracy
+        # evaluate reported
+        bash(predict, env)
+        rows = list(csv.DictReader((tmp_path / "labels.csv").read_text().splitlines()))
+        assert len(rows) == 60 and not any(r["error"] for r in rows)
+        right = sum(Path(r["path"]).parent.name == r["label"] for r in rows)
+        assert right == round(evaluated["acc"] * 60), (right, evaluated["acc"])
+        [cat] = [r for r in rows if Path(r["path"]) == tmp_path / "data/photos/test/cat/0.jpg"]
+        assert cat["label"] == answer["label"]
+        assert abs(float(cat["probability"]) - answer["probability"]) <= 1e-6
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
