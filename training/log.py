@@ -53,6 +53,10 @@ def is_main_process() -> bool:
 
 
 def _console() -> None:
+    # logging.config.dictConfig(disable_existing_loggers=True), which BentoML's CLI module runs when it is
+    # imported (bentoml_cli.cli), disables every logger made before it, this one included: a run in the same
+    # process would then log nothing and write no train.log
+    logger.disabled = False
     if not any(isinstance(h, _Console) for h in logger.handlers):
         logger.addHandler(_Console())
         logger.setLevel(logging.INFO)
