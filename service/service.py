@@ -50,6 +50,8 @@ from service.upload import REFUSED, Form, Upload, read
 # In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+# `bentoml serve` refuses a keys file it cannot use; `bentoml build` needs none (the Secret is mounted where it runs)
+KEYS = auth.keys_or_exit(CONFIG.auth, starting=(port.bentoml_command() or ("",))[0] == "serve") if CONFIG.auth else None
 TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
 if port.bentoml_command() is not None:
     TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG).values()]
@@ -439,7 +441,5 @@ class _DocumentedService(type(Classifier)):
 Classifier.__class__ = _DocumentedService
 # the outermost first: a request without a valid key is refused before anything else looks at it
 if CONFIG.auth is not None:
-    # `bentoml serve` refuses a keys file it cannot use; `bentoml build` does not need one (a Secret mounted later)
-    KEYS = auth.keys_or_exit(CONFIG.auth, starting=(port.bentoml_command() or ("",))[0] == "serve")
     Classifier.add_asgi_middleware(auth.KeysMiddleware, auth=CONFIG.auth, keys=KEYS)
 Classifier.add_asgi_middleware(docs_page.PageMiddleware)
