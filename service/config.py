@@ -130,6 +130,18 @@ class Observability(_Section):
     tracing: bool = False
 
 
+class Auth(_Section):
+    """API keys (service/auth.py). api_keys_file: one key a line, blank lines and `#` comments ignored (a mounted
+    Kubernetes Secret is such a file); read when `bentoml serve` starts and again whenever it changes. Every route
+    but the health checks then needs a key, except /metrics and the docs where these say so: both open by default,
+    as Prometheus scrapes without a key unless told one, and a browser cannot send a header to open the page at /
+    (the page's Authorize button sends one with each request it makes)."""
+
+    api_keys_file: str = Field(min_length=1, description="the path of a file of API keys, one a line")
+    protect_metrics: bool = False
+    protect_docs: bool = False
+
+
 SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability")
 
 
@@ -146,6 +158,9 @@ class ServingFile(_Section):
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
     observability: Observability = Observability()
+    # None when the file has no auth (a default is never validated); typed Auth, not Auth | None, so that `auth:`
+    # left empty is refused rather than serving every route to anyone, and errors name the key inside auth
+    auth: Auth = None  # type: ignore[assignment]
 
     @model_validator(mode="before")
     @classmethod
@@ -184,6 +199,7 @@ class ServingConfig:
     cuda: CudaOptions = field(default_factory=CudaOptions)
     limits: Limits = field(default_factory=Limits)
     observability: Observability = field(default_factory=Observability)
+    auth: Auth | None = None  # None: every route open
 
 
 def model_name(tag: str) -> str:
@@ -301,6 +317,7 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         cuda=file.cuda,
         limits=file.limits,
         observability=file.observability,
+        auth=file.auth,
     )
 
 

@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
+from service import auth, docs_page, packed, port, runtime, stored, timeout
 from service import config as serving_config
-from service import packed, port, runtime, stored, timeout
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready
 from service.runtime import Graph
@@ -50,6 +50,8 @@ from service.upload import REFUSED, Form, Upload, read
 # In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+# `bentoml serve` refuses a keys file it cannot use; `bentoml build` needs none (the Secret is mounted where it runs)
+KEYS = auth.keys_or_exit(CONFIG.auth, starting=(port.bentoml_command() or ("",))[0] == "serve") if CONFIG.auth else None
 TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
 if port.bentoml_command() is not None:
     TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG).values()]
@@ -431,7 +433,13 @@ class _DocumentedService(type(Classifier)):
             responses[200] = ok
             for status, description in statuses.items():
                 responses[status] = OpenAPIResponse(description=description, content={"application/json": error})
+        if CONFIG.auth is not None:
+            auth.document(spec, CONFIG.auth)
         return spec
 
 
 Classifier.__class__ = _DocumentedService
+# the outermost first: a request without a valid key is refused before anything else looks at it
+if CONFIG.auth is not None:
+    Classifier.add_asgi_middleware(auth.KeysMiddleware, auth=CONFIG.auth, keys=KEYS)
+Classifier.add_asgi_middleware(docs_page.PageMiddleware)

@@ -1,0 +1,278 @@
+"""API keys (service/auth.py) and the Swagger page that loads nothing from outside (service/docs_page.py).
+
+One real `bentoml serve` with `auth: {api_keys_file, protect_metrics: true}` (docs left open) serving a tiny graph
+(tests/tiny_onnx.py) from a temporary model store: no key, a wrong key and the right one in both headers, the open
+and the closed routes, BentoML's client with `token=`, the keys file swapped as Kubernetes swaps a Secret, and the
+server log searched for every key sent. The tests run in file order on the one server; the last reads its log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import config as serving_config
+from service import docs_page
+from service.auth import Keys, KeysError, presented, read_keys
+from service.patches import PatchMismatch
+from tests.conftest import ROOT
+from tests.test_service import BENTOML, free_port, serving
+from tests.tiny_onnx import tiny_graph
+
+KEYS = ["k1-" + "a" * 40, "k2-" + "b" * 40]
+NEW_KEY = "k3-" + "c" * 40
+WRONG = "wrong-" + "d" * 40
+SERVING = """
+device: cpu
+models: [tiny]
+ensembles:
+  default: {members: [tiny], voting: soft}
+limits: {max_image_bytes: 100000}
+auth: {api_keys_file: KEYS_FILE, protect_metrics: true}
+"""
+STORE = (
+    "import sys, onnxruntime as ort\nfrom core import metadata\nfrom export.store import store_model\n"
+    "meta = metadata.decode(ort.InferenceSession(sys.argv[1]).get_modelmeta().custom_metadata_map)\n"
+    "store_model(sys.argv[1], 'tiny', meta)\n"
+)
+
+
+def _secret(folder: Path, name: str, text: str) -> None:
+    """Point folder/keys at a new file the way the kubelet updates a mounted Secret: the file is written in a new
+    directory and the `..data` symlink swapped to it at once (folder/keys -> ..data/keys)."""
+    (folder / name).mkdir()
+    (folder / name / "keys").write_text(text)
+    (folder / "..data.new").symlink_to(name)
+    os.replace(folder / "..data.new", folder / "..data")
+    if not (folder / "keys").is_symlink():
+        (folder / "keys").symlink_to(Path("..data") / "keys")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("bentoml")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    graph = tiny_graph(home / "tiny.onnx")
+    stored = subprocess.run([sys.executable, "-c", STORE, str(graph)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert stored.returncode == 0, stored.stderr[-2000:]
+    secret = home / "secret"
+    secret.mkdir()
+    _secret(secret, "..v1", f"# the service's keys\n\n{KEYS[0]}\n  {KEYS[1]}  \n")
+    (home / "serving.yaml").write_text(SERVING.replace("KEYS_FILE", str(secret / "keys")))
+    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log"),
+            "SECRET": str(secret)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    with serving([], env, wait=120) as (url, proc):
+        assert proc.poll() is None, Path(env["LOG_PATH"]).read_text()[-4000:]
+        yield url
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "red.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
+    return path
+
+
+def _classify(url: str, png: Path, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{url}/classify", files=[("images", ("a.png", png.read_bytes(), "image/png"))],
+                      headers=headers or {}, timeout=60)  # fmt: skip
+
+
+def _refused(response: httpx.Response, challenge: str = 'Bearer realm="classifier"') -> str:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith(challenge)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"] and "Authorization: Bearer KEY" in body["error"] and "X-API-Key" in body["error"]
+    return body["error"]
+
+
+@pytest.mark.slow
+def test_every_classification_route_needs_a_key(server, png):
+    assert _refused(_classify(server, png)).startswith("no API key")
+    for headers in ({"Authorization": f"Bearer {WRONG}"}, {"X-API-Key": WRONG}, {"Authorization": f"Basic {KEYS[0]}"}):
+        message = _refused(_classify(server, png, headers), 'Bearer realm="classifier"')
+        assert WRONG not in message and KEYS[0] not in message  # a key sent is never echoed
+    assert _refused(_classify(server, png, {"X-API-Key": WRONG}), 'Bearer realm="classifier", error="invalid_token"')
+    for route in ("/ensemble", "/models", "/classify/", "/no-such-route"):  # closed by default, not by a list
+        _refused(httpx.post(f"{server}{route}", timeout=30))
+    # refused from the headers alone: an upload 20 times the byte limit (a 413 once read) gets the 401
+    big = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    _refused(httpx.post(f"{server}/classify", files=[("images", ("big.bmp", big.tobytes(), "image/bmp"))], timeout=60))
+
+    for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"authorization": f"bearer {KEYS[1]}"},
+                    {"X-API-Key": KEYS[1]}, {"X-API-Key": WRONG, "Authorization": f"Bearer {KEYS[0]}"}):  # fmt: skip
+        answer = _classify(server, png, headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()[0]["model"] == "tiny"
+    key = {"X-API-Key": KEYS[0]}
+    ensemble = httpx.post(f"{server}/ensemble", files=[("images", ("a.png", png.read_bytes(), "image/png"))],
+                          headers=key, timeout=60)  # fmt: skip
+    assert ensemble.status_code == 200 and ensemble.json()[0]["members"][0]["model"] == "tiny"
+    assert httpx.post(f"{server}/models", headers=key, timeout=30).json()["default_model"] == "tiny"
+
+
+@pytest.mark.slow
+def test_health_is_open_metrics_closed_and_docs_open_as_configured(server):
+    for path in ("/livez", "/healthz", "/readyz", "/", "/docs.json", "/schema.json", "/static_content/index.css"):
+        assert httpx.get(f"{server}{path}", timeout=30).status_code == 200, path
+    _refused(httpx.get(f"{server}/metrics", timeout=30))
+    metrics = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {KEYS[1]}"}, timeout=30)
+    assert metrics.status_code == 200 and "model_requests" in metrics.text
+
+
+@pytest.mark.slow
+def test_the_openapi_document_declares_the_keys_and_the_401(server):
+    spec = httpx.get(f"{server}/docs.json", timeout=30).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for route in ("/classify", "/ensemble", "/models"):
+        post = spec["paths"][route]["post"]
+        assert post["security"] == [{"bearer": []}, {"apiKey": []}]
+        assert post["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+    assert "security" not in spec["paths"]["/livez"]["get"]
+
+
+@pytest.mark.slow
+def test_bentoml_client_sends_its_token(server, png):
+    with bentoml.SyncHTTPClient(server, token=KEYS[1]) as client:
+        assert client.classify(images=[png], top_k=2)[0]["model"] == "tiny"
+        assert set(client.list_models()["models"]) == {"tiny"}
+    with (
+        bentoml.SyncHTTPClient(server) as client,  # no token: the service's 401 message
+        pytest.raises(bentoml.exceptions.BentoMLException, match="no API key"),
+    ):
+        client.list_models()
+
+
+@pytest.mark.slow
+def test_the_page_at_the_root_loads_nothing_from_outside(server):
+    page = httpx.get(f"{server}/", timeout=30).text
+    assert "swagger-ui" in page and "googletagmanager" not in page.lower()
+    assert docs_page.outside(page) == []
+    script = httpx.get(f"{server}/static_content/swagger-initializer.js", timeout=30).text
+    assert "validatorUrl: null" in script and 'url: "./docs.json"' in script
+
+
+def _eventually(check, seconds: float = 30) -> None:
+    """Wait for a change made outside the server to show in its answers (the file is read on the next request;
+    a request already on its way may still have the old keys)."""
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert check()
+
+
+@pytest.mark.slow
+def test_a_changed_keys_file_is_read_again(server, env, png):
+    secret = Path(env["SECRET"])
+    _secret(secret, "..v2", f"{NEW_KEY}\n")  # a key rotated in the Secret
+    _eventually(lambda: _classify(server, png, {"X-API-Key": NEW_KEY}).status_code == 200)
+    assert _classify(server, png, {"X-API-Key": KEYS[0]}).status_code == 401
+    _secret(secret, "..v3", "# every key revoked\n")  # a file without keys lets nobody in
+    _eventually(lambda: _classify(server, png, {"X-API-Key": NEW_KEY}).status_code == 401)
+    _secret(secret, "..v4", f"{KEYS[0]}\n")
+    _eventually(lambda: _classify(server, png, {"X-API-Key": KEYS[0]}).status_code == 200)
+
+
+@pytest.mark.slow
+def test_no_key_is_ever_logged(server, env):
+    """Last of the module: every key the tests sent, right or wrong, is absent from the server's whole log."""
+    log = Path(env["LOG_PATH"]).read_text()
+    assert "path=/classify" in log and "status=401" in log and "holds no key" in log  # the log is the server's
+    for key in [*KEYS, NEW_KEY, WRONG]:
+        assert key not in log and key[:12] not in log
+
+
+@pytest.mark.slow
+def test_a_keys_file_that_cannot_be_used_stops_bentoml_serve(env, tmp_path):
+    for name, text, message in [("missing", None, "does not exist"), ("empty", "# no key yet\n\n", "holds no key")]:
+        keys = tmp_path / name
+        if text is not None:
+            keys.write_text(text)
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(SERVING.replace("KEYS_FILE", str(keys)))
+        command = [BENTOML, "serve", "--port", str(free_port()), "--host", "127.0.0.1"]
+        result = subprocess.run(command, cwd=ROOT, env={**env, "SERVING_CONFIG": str(config)}, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines() == [
+            f"error: serving config: auth.api_keys_file {keys} {message}; write one API key a line there"
+        ]
+
+
+def test_keys_file_lines_and_headers():
+    assert presented([(b"authorization", b"Bearer  abc "), (b"x-api-key", b" def"), (b"host", b"x")]) == [
+        b"abc",
+        b"def",
+    ]
+    assert presented([(b"authorization", b"Basic abc"), (b"authorization", b"Bearer"), (b"x-api-key", b" ")]) == []
+
+
+def test_keys_are_read_from_lines_and_reread_on_change(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text("# comment\n\n one \r\ntwo\n#three\n")
+    assert read_keys(path) == ["one", "two"]
+    keys = Keys(path)
+    assert keys.accepts([b"two"]) and keys.accepts([b"nope", b"one"]) and not keys.accepts([b"#three", b"on"])
+    path.write_text("three\n")
+    os.utime(path, ns=(0, 10**9))  # another mtime even on a file system with coarse timestamps
+    assert keys.accepts([b"three"]) and not keys.accepts([b"one"])
+    path.unlink()
+    assert not keys.accepts([b"three"])  # a file gone lets nobody in
+    path.write_bytes(b"\xff\xfe not text\n")
+    with pytest.raises(KeysError, match="cannot be read"):
+        read_keys(path)
+
+
+def test_the_auth_section_is_checked():
+    base = {"models": ["tiny"]}
+    assert serving_config.parse(base).auth is None
+    auth = serving_config.parse({**base, "auth": {"api_keys_file": "/run/keys"}}).auth
+    assert (auth.api_keys_file, auth.protect_metrics, auth.protect_docs) == ("/run/keys", False, False)
+    for auth, message in [
+        (None, "auth must be a mapping of api_keys_file, protect_metrics, protect_docs, got None"),
+        ({}, "auth.api_keys_file is missing: it must be the path of a file of API keys"),
+        ({"api_keys_file": "k", "protect": True}, "unknown auth keys ['protect']"),
+        ({"api_keys_file": "k", "protect_docs": "yes"}, "auth.protect_docs must be true or false, got 'yes'"),
+    ]:
+        with pytest.raises(serving_config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            serving_config.parse({**base, "auth": auth})
+
+
+def test_the_page_guard_fires_when_bentoml_changes_its_page(monkeypatch, tmp_path):
+    docs_page.check()
+    page, index = tmp_path / "main-openapi.html", docs_page.INDEX
+    original = index.read_text()
+    for changed, message in [
+        (original.replace("<!-- End Google Tag Manager (noscript) -->", ""), "has 1 Google Tag Manager blocks"),
+        (original.replace("</head>", '<script src="https://cdn.example.com/x.js"></script></head>'),
+         "still loads \\['https://cdn.example.com/x.js'\\]"),
+    ]:  # fmt: skip
+        page.write_text(changed)
+        monkeypatch.setattr(docs_page, "INDEX", page)
+        with pytest.raises(PatchMismatch, match=f"^service/docs_page.py relies on bentoml internals .*{message}"):
+            docs_page.check()
+    script = tmp_path / "swagger-initializer.js"
+    script.write_text('window.ui = SwaggerUIBundle({url: "/docs.json"});')
+    monkeypatch.setattr(docs_page, "INDEX", index)
+    monkeypatch.setattr(docs_page, "INITIALIZER", script)
+    with pytest.raises(PatchMismatch, match="no longer sets the spec URL"):
+        docs_page.check()
