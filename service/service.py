@@ -38,10 +38,9 @@ from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
 from service import config as serving_config
-from service import giveup, packed, port, runtime, stored, timeout
+from service import packed, port, runtime, stored, timeout
 from service.batcher import Batcher, Overloaded
-from service.decode import InputError, decode, decoder_ready
-from service.quote import quoted
+from service.decode import InputError, decode, decoder_ready, quoted
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 
@@ -60,7 +59,7 @@ if (COMMAND := port.bentoml_command()) is not None:
     packed.pin(dict(zip(NAMES, TAGS)))  # the versions `bentoml build` packs, and the Bento then serves
     port.check()
     if COMMAND[0] == "serve":
-        giveup.install()  # a worker that still cannot start stops the server, rather than restarting for ever
+        stored.install()  # a worker that still cannot start stops the server, rather than restarting for ever
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -235,7 +234,7 @@ class Classifier(_StoredModels):
     (one model) or /ensemble (members voting); /models lists what is served. Errors are JSON
     `{"error": "..."}` naming the field or image at fault."""
 
-    @giveup.on_failure
+    @stored.on_failure
     def __init__(self) -> None:
         # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one
         # call, and calls that overlap would only compete for them

@@ -38,8 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service import patches
-from service.decode import InputError
-from service.quote import listed, quoted
+from service.decode import InputError, listed, quoted
 
 
 class Upload(pathlib.PurePosixPath):
