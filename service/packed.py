@@ -58,7 +58,7 @@ def load_or_exit() -> serving_config.ServingConfig:
         return config
     global _read
     path = serving_config.config_path()
-    text = path.read_text() if path.is_file() else None
+    text = serving_config.read_or_exit(path)  # a missing file, or one that is not UTF-8: one line
     config = serving_config.load_or_exit(path, text)
     _read = (path, text)
     record(path, text, {})

@@ -40,23 +40,28 @@ from core.voting import vote
 from service import auth, docs_page, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
-from service.decode import InputError, decode, decoder_ready
+from service.decode import InputError, decode, decoder_ready, quoted
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 
 # Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
 # `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
-# model missing from the store, an ensemble whose members differ in labels or input size, a port in use.
+# model missing from the store, an ensemble whose members differ in labels or input size, a graph that does not
+# open, lacks this project's metadata or cannot run on the configured device, a port in use.
 # In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
 # `bentoml serve` refuses a keys file it cannot use; `bentoml build` needs none (the Secret is mounted where it runs)
 KEYS = auth.keys_or_exit(CONFIG.auth, starting=(port.bentoml_command() or ("",))[0] == "serve") if CONFIG.auth else None
 TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
-if port.bentoml_command() is not None:
-    TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG).values()]
+if (COMMAND := port.bentoml_command()) is not None:
+    # `bentoml build` may pack a GPU Bento on a machine without one: there only the graphs are checked, on the CPU
+    device = CONFIG.device if COMMAND[0] == "serve" else "cpu"
+    TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG, device).values()]
     packed.pin(dict(zip(NAMES, TAGS)))  # the versions `bentoml build` packs, and the Bento then serves
     port.check()
+    if COMMAND[0] == "serve":
+        stored.install()  # a worker that still cannot start stops the server, rather than restarting for ever
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -231,6 +236,7 @@ class Classifier(_StoredModels):
     (one model) or /ensemble (members voting); /models lists what is served. Errors are JSON
     `{"error": "..."}` naming the field or image at fault."""
 
+    @stored.on_failure
     def __init__(self) -> None:
         # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one
         # call, and calls that overlap would only compete for them
@@ -336,7 +342,7 @@ class Classifier(_StoredModels):
             return _error(refused)
         try:
             if model not in self.model_info:
-                raise InputError(404, f"unknown model '{model}'; served models: {', '.join(NAMES)}")
+                raise InputError(404, f"unknown model {quoted(model)}; served models: {', '.join(NAMES)}")
             labels = self.model_info[model]["labels"]
             k = self._check_top_k(top_k, len(labels))
             [probabilities] = await self._probabilities(images, [model])
@@ -360,12 +366,12 @@ class Classifier(_StoredModels):
             return _error(refused)
         try:
             if ensemble not in CONFIG.ensembles:
-                raise InputError(404, f"unknown ensemble '{ensemble}'; served ensembles: "
+                raise InputError(404, f"unknown ensemble {quoted(ensemble)}; served ensembles: "
                                       f"{', '.join(CONFIG.ensembles) or 'none'}")  # fmt: skip
             spec = CONFIG.ensembles[ensemble]
             voting = voting or spec.voting
             if voting not in ("soft", "weighted", "hard"):
-                raise InputError(400, f"voting must be soft, weighted or hard, got '{voting}'")
+                raise InputError(400, f"voting must be soft, weighted or hard, got {quoted(voting)}")
             if voting == "weighted" and spec.weights is None:
                 raise InputError(400, f"ensemble '{ensemble}' has no weights in serving.yaml; use soft or hard")
             labels = self.model_info[spec.members[0]]["labels"]

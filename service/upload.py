@@ -38,7 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service import patches
-from service.decode import InputError
+from service.decode import InputError, listed, quoted
 
 
 class Upload(pathlib.PurePosixPath):
@@ -96,11 +96,6 @@ def _accepted(cls: type[IODescriptor], path: str) -> str:
     return f"{path} accepts {names}" if names else f"{path} takes no fields"
 
 
-def _short(value: t.Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _not_a_file(name: str, how: str) -> InputError:
     return InputError(
         400,
@@ -113,7 +108,7 @@ def _check_names(cls: type[IODescriptor], names: t.Iterable[str], path: str, fil
     unknown = [n for n in names if n not in cls.model_fields]
     if not unknown:
         return
-    fields = ", ".join(f"'{n}'" for n in unknown)
+    fields = listed(unknown)
     hint = ""
     if files & set(unknown) and cls.multipart_fields:
         hint = f"; send the images as file parts named '{cls.multipart_fields[0]}' ({FILE_HINT})"
@@ -173,9 +168,8 @@ async def _fields(cls: type[IODescriptor], request: Request) -> dict[str, t.Any]
             if name in data:
                 raise _not_a_file(name, "a value in a JSON body")
         return data
-    raise InputError(
-        415, f"unsupported body type '{media_type}': send multipart/form-data ({FILE_HINT}); {_accepted(cls, path)}"
-    )
+    send = f"send multipart/form-data ({FILE_HINT}); {_accepted(cls, path)}"
+    raise InputError(415, f"unsupported body type {quoted(media_type)}: {send}")
 
 
 def _invalid(cls: type[IODescriptor], error: ValidationError) -> InputError:
@@ -187,7 +181,7 @@ def _invalid(cls: type[IODescriptor], error: ValidationError) -> InputError:
         if name in cls.multipart_fields:
             return InputError(400, f"no {name}: send {_describe(cls, name)}")
         return InputError(400, f"field '{name}' is missing: send {_describe(cls, name)}")
-    return InputError(400, f"field '{name}' must be {_describe(cls, name)}, got {_short(first.get('input'))}")
+    return InputError(400, f"field '{name}' must be {_describe(cls, name)}, got {quoted(first.get('input'))}")
 
 
 class Form(IODescriptor):

@@ -104,14 +104,16 @@ def test_batch_sizes_from_serving_config():
     assert serving_config.batch_sizes(auto, on_gpu=False) is None  # the CPU provider runs any size at no cost
     odd = serving_config.parse({**base, "batching": {"max_batch_size": 48}})
     assert serving_config.batch_sizes(odd, on_gpu=True) == [1, 2, 4, 8, 16, 32, 48]
-    listed = serving_config.parse({**base, "batching": {"sizes": [64, 1, 8]}})
+    listed = serving_config.parse({**base, "batching": {"sizes": [1, 8, 64]}})
     assert serving_config.batch_sizes(listed, on_gpu=False) == [1, 8, 64]
     assert serving_config.batch_sizes(serving_config.parse({**base, "batching": {"sizes": "none"}}), True) is None
     cuda = serving_config.parse({**base, "cuda": {"cudnn_conv_algo_search": "HEURISTIC", "cuda_graph": True}})
     assert cuda.cuda.cudnn_conv_algo_search == "HEURISTIC" and cuda.cuda.cuda_graph and not cuda.cuda.prefer_nhwc
     assert serving_config.parse({**base, "decoding": {"processes": 3}}).decode_processes == 3
     for raw, message in [
-        ({"batching": {"sizes": [1, 8]}}, "must be distinct and reach batching.max_batch_size \\(64\\)"),
+        ({"batching": {"sizes": [1, 8]}}, "must be distinct, ascending and end at batching.max_batch_size \\(64\\)"),
+        ({"batching": {"sizes": [64, 1, 8]}}, "must be distinct, ascending"),
+        ({"batching": {"sizes": [1, 8, 64, 128]}}, "must be distinct, ascending and end at batching.max_batch_size"),
         ({"batching": {"sizes": [0, 64]}}, "whole numbers of at least 1"),
         ({"batching": {"sizes": "fixed"}}, "auto, none or a list"),
         ({"batching": {"sizes": [64, 64]}}, "must be distinct"),

@@ -68,7 +68,7 @@ BAD = [
      "batching.sizes must be auto, none or a list of whole numbers of at least 1, got [-1, 8]"),
     (("processes: 0", "processes: -2"), "decoding.processes must be a whole number of at least 0, got -2"),
     (("sizes: [1, 4, 8]", "sizes: [1, 4]"),
-     "batching.sizes [1, 4] must be distinct and reach batching.max_batch_size (8)"),
+     "batching.sizes [1, 4] must be distinct, ascending and end at batching.max_batch_size (8)"),
     # unknown keys at each level
     (("workers: 1", "worker: 1"), "unknown serving.yaml keys ['worker']; valid: ['device', 'default_model', 'models'"),
     (("max_wait_ms: 5", "max_wait: 5"),
@@ -96,6 +96,22 @@ BAD = [
     # the file itself
     (("device: cpu", "device: [cpu"), "is not valid YAML"),
     (("device: cpu", "- device: cpu"), "is not valid YAML"),
+    # accepted once, though each served something else than the file says
+    (("workers: 1", "workers: 1\nworkers: 2"), "is not valid YAML: key 'workers' is given twice (lines 8 and 9)"),
+    (("max_wait_ms: 5", "max_wait_ms: 5, max_batch_size: 4"),
+     "key 'max_batch_size' is given twice (lines 7 and 7): remove one"),
+    (("sizes: [1, 4, 8]", "sizes: [1, 8, 4]"),
+     "batching.sizes [1, 8, 4] must be distinct, ascending and end at batching.max_batch_size (8)"),
+    (("sizes: [1, 4, 8]", "sizes: [1, 2, 512]"),
+     "batching.sizes [1, 2, 512] must be distinct, ascending and end at batching.max_batch_size (8)"),
+    (("sizes: [1, 4, 8]", "sizes: [1, 4, 4, 8]"), "batching.sizes [1, 4, 4, 8] must be distinct"),
+    (("members: [a, b]", "members: [a, b, a]"),
+     "ensembles.pair.members names ['a'] more than once; to count a member more, use voting: weighted"),
+    (("models: [a, b]", "models: [a, b, a]"), "models names a model twice: ['a', 'b', 'a']"),
+    (("models: [a, b]", "models: [a, 'b c']"), "models.1 'b c' is not a valid model-store tag"),
+    (("models: [a, b]", "models: [a, 'b:']"), "models.1 'b:' is not a valid model-store tag"),
+    (("models: [a, b]", "models: [a, '-b']"), "models.1 '-b' is not a valid model-store tag"),
+    (("default_model: a", "default_model: a\nmodels: [a]"), "key 'models' is given twice"),
 ]  # fmt: skip
 
 
@@ -146,6 +162,25 @@ def test_the_service_stops_on_those_lines_at_import(tmp_path, capsys):
         expected = capsys.readouterr().err.strip()
         result = start_up(path)
         assert one_line(result.returncode, result.stderr) == expected and BAD[i][1] in expected
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("default_model: a", "# caf\u00e9\ndefault_model: a").encode("latin-1"))
+    with pytest.raises(SystemExit) as stop:
+        load_or_exit(path)
+    line = one_line(stop.value.code, capsys.readouterr().err)
+    assert line == f"error: serving config: {path} is not UTF-8 text (byte 18 is 0xe9): save it as UTF-8"
+    result = start_up(path)  # the service reads the file itself, to pack its text into a Bento
+    assert one_line(result.returncode, result.stderr) == line
+
+
+def test_merge_keys_may_override(tmp_path):
+    """`<<: *anchor` then a key of the merged mapping is YAML's way to override, not a key given twice."""
+    pair = "  pair: {members: [a, b], voting: weighted, weights: [2, 1]}"
+    text = GOOD.replace(pair, pair.replace("pair: {", "pair: &pair {") + "\n  soft: {<<: *pair, voting: soft}")
+    config = load_or_exit(write(text, tmp_path, "merge"))
+    assert config.ensembles["soft"].voting == "soft" and config.ensembles["soft"].members == ["a", "b"]
 
 
 @pytest.mark.slow
