@@ -51,10 +51,11 @@ from service.upload import REFUSED, Form, Upload, read
 # In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
+COMMAND = port.bentoml_command()  # ("serve" | "build", args) in the process that serves or packs; else None
 # `bentoml serve` refuses a keys file it cannot use; `bentoml build` needs none (the Secret is mounted where it runs)
-KEYS = auth.keys_or_exit(CONFIG.auth, starting=(port.bentoml_command() or ("",))[0] == "serve") if CONFIG.auth else None
+KEYS = auth.keys_or_exit(CONFIG.auth, starting=COMMAND is not None and COMMAND[0] == "serve") if CONFIG.auth else None
 TAGS = list(CONFIG.models)  # as the config names them; the versions found, where the store was checked
-if (COMMAND := port.bentoml_command()) is not None:
+if COMMAND is not None:
     # `bentoml build` may pack a GPU Bento on a machine without one: there only the graphs are checked, on the CPU
     device = CONFIG.device if COMMAND[0] == "serve" else "cpu"
     TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG, device).values()]
