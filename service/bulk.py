@@ -85,10 +85,11 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def decode_batch(batch: dict[str, np.ndarray], preprocess: dict[str, Any], limits: Limits) -> dict[str, np.ndarray]:
-    """A CPU task: paths -> pixels (uint8 [n, H, W, 3], zeros for a file that failed) and the error of each."""
+def decode_batch(
+    batch: dict[str, np.ndarray], preprocess: dict[str, Any], limits: Limits, shape: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
+    """A CPU task: paths -> pixels (uint8 [n, *shape], zeros for a file that failed) and the error of each."""
     decoded = decode_chunk(list(batch["path"]), limits, preprocess)
-    shape = next((d.pixels.shape for d in decoded if d.pixels is not None), (0, 0, 3))
     pixels = np.zeros((len(decoded), *shape), np.uint8)
     for i, d in enumerate(decoded):
         if d.pixels is not None:
@@ -113,7 +114,10 @@ class Classify:
         ok = batch["error"] == ""
         items = [Decoded(str(p), pixels=np.empty(0) if good else None, error=None if good else str(e))
                  for p, e, good in zip(batch["path"], batch["error"], ok)]  # fmt: skip
-        pixels = np.ascontiguousarray(batch["pixels"][ok])
+        pixels = batch["pixels"][ok]
+        if pixels.dtype == object:  # blocks Ray stored as a ragged tensor column come back as arrays of arrays
+            pixels = np.stack([np.asarray(p, np.uint8) for p in pixels]) if len(pixels) else np.empty((0,))
+        pixels = np.ascontiguousarray(pixels, np.uint8)
         empty = Ranked(np.empty((0, 0)), np.empty((0, 0)))
         ranked = self.model(pixels) if len(pixels) else empty
         out = rows(Batch(items, pixels), ranked, self.model.labels, self.k, self.probabilities)
@@ -163,9 +167,9 @@ def start_ray(address: str | None) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS); without either, start Ray on this machine, on
     127.0.0.1 and without its dashboard (nothing listens beyond this machine)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        # Ray otherwise swaps 127.0.0.1 for the machine's address when it resolves its own (services.py,
-        # resolve_ip_for_localhost), which a local run never needs
+    if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # Ray otherwise swaps 127.0.0.1 for the machine's network address when it resolves a node's
+        # (ray/_private/services.py, resolve_ip_for_localhost; ray 2.60), which a run on this machine never needs
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -210,6 +214,8 @@ def predict_on_ray(
     if out.suffix.lower() in (".csv", ".jsonl") or out.is_file():
         raise UserError(f"with --ray, --out is a folder of Parquet parts, got {out}")
     check_settings(top_k, batch_size, 0)
+    if rows_per_file < 1:
+        raise UserError(f"--part-rows must be at least 1, got {rows_per_file}")
     if actors is not None and actors < 1:
         raise UserError(f"--actors must be at least 1, got {actors}")
     try:
@@ -230,14 +236,16 @@ def predict_on_ray(
         gpus = gpus_in_cluster() if device != "cpu" else 0
         pool = actors or max(gpus, 1)
         ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, len(todo) // rows_per_file))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": local.preprocess, "limits": limits or Limits()},
-                            batch_size=DECODE_CHUNK, num_cpus=1)  # fmt: skip
+        ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": local.preprocess, "limits": limits or Limits(),
+                            "shape": local.input_shape}, batch_size=DECODE_CHUNK, num_cpus=0.5)  # fmt: skip
         ds = ds.map_batches(
             Classify,
             fn_constructor_args=(model, voting, weights, "cuda" if gpus else "cpu", batch_size, top_k, probabilities),
             batch_size=batch_size,
             concurrency=pool,
             num_gpus=1 if gpus else 0,
+            # a whole CPU where the actor computes on it; the decoding tasks ask half of one, which also keeps Ray
+            # from fusing them into the actors (it fuses operators that ask the same resources)
             num_cpus=0 if gpus else 1,
         )
         ds = ds.map_batches(write_part, fn_kwargs={"out": str(out.absolute()), "probabilities": probabilities},

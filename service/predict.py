@@ -298,6 +298,8 @@ def _parser() -> argparse.ArgumentParser:
                         "parts into the folder --out (rerun to resume): on this machine, or the cluster at ADDRESS "
                         "(or $RAY_ADDRESS); service/bulk.py")  # fmt: skip
     parser.add_argument("--actors", type=int, help="with --ray: classifying actors (default: one per GPU, else 1)")
+    parser.add_argument("--part-rows", type=int, default=1024, help="with --ray: rows a Parquet part holds (what "
+                        "a killed job redoes at most per part)")  # fmt: skip
     return parser
 
 
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = predict_on_ray(args.model, args.inputs, args.out, args.ray or None, args.top_k, args.batch_size,
                                      args.voting, args.weights, args.device, args.probabilities,
-                                     actors=args.actors)  # fmt: skip
+                                     actors=args.actors, rows_per_file=args.part_rows)  # fmt: skip
         else:
             summary = predict(args.model, args.inputs, args.out, args.top_k, args.batch_size, args.workers,
                               args.voting, args.weights, args.device, progress=True,

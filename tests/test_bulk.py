@@ -1,0 +1,159 @@
+"""`python -m service.predict ... --ray`: a real two-node Ray cluster on this machine (127.0.0.1 only), real
+ONNX Runtime sessions on tiny graphs, real image files; the rows equal the local path's.
+
+The cluster is ray.cluster_utils.Cluster: a head and a second node of one CPU each, sharing one module fixture
+(Ray's start-up is several seconds). The classifying actor takes a whole CPU, so the decoding tasks run on the
+other node: both nodes work in every job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.files import list_images
+from service.predict import predict, read_rows
+from tests.tiny_onnx import tiny_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """120 PNGs of distinct colours and sizes in two folders, a file that is not an image, a truncated PNG."""
+    root = tmp_path_factory.mktemp("bulk-images")
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        pixels = np.clip(rng.normal(2 * i, 40, (24 + i % 17, 30 + i % 13, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    (root / "a" / "not-an-image.png").write_text("this is not an image")
+    png = (root / "b" / "000.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(png[: len(png) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory) -> Path:
+    return tiny_graph(tmp_path_factory.mktemp("bulk-graph") / "a.onnx", seed=3)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Ray otherwise swaps 127.0.0.1 for the machine's own address when it resolves a node's (read when ray
+    # is first imported, so before importorskip)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_path):
+    import ray
+
+    from service.bulk import predict_on_ray, read_parts
+
+    local = tmp_path / "local.jsonl"
+    predict(str(graph), [images], local, top_k=10, batch_size=8, workers=0, probabilities=True)
+    summary = predict_on_ray(str(graph), [images], tmp_path / "parts", cluster.address, top_k=10, batch_size=8,
+                             probabilities=True, rows_per_file=16)  # fmt: skip
+    assert (summary.classified, summary.unreadable, summary.skipped) == (120, 2, 0)
+    assert summary.files == len(list((tmp_path / "parts").glob("part-*.parquet"))) >= 122 // 16
+
+    node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(node_ids) == 2
+    worked = {key.split()[1] for key in summary.nodes}
+    assert worked == node_ids, summary.nodes  # both nodes decoded or classified
+    assert sum(n for key, n in summary.nodes.items() if key.startswith("decode ")) == 122
+
+    expected = sorted(read_rows(local), key=lambda r: r["path"])
+    got = read_parts(tmp_path / "parts")
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    assert {r["path"] for r in got} == {str(p) for p in list_images([images])}
+    for mine, theirs in zip(got, expected):
+        assert set(mine) == set(theirs)
+        assert (mine["label"], mine["index"], mine["error"]) == (theirs["label"], theirs["index"], theirs["error"])
+        if theirs["error"] is None:
+            assert [e["index"] for e in mine["top_k"]] == [e["index"] for e in theirs["top_k"]]
+            np.testing.assert_allclose([e["probability"] for e in mine["top_k"]],
+                                       [e["probability"] for e in theirs["top_k"]], rtol=0, atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(mine["probabilities"], theirs["probabilities"], rtol=0, atol=1e-6)
+            assert abs(mine["probability"] - theirs["probability"]) <= 1e-6
+        else:
+            assert mine["top_k"] is mine["probabilities"] is None
+    assert sum(r["error"] is not None for r in got) == 2
+
+
+def _wait_for_dead_job(ray) -> None:
+    """Until Ray has marked every other driver dead (it then kills their workers): a write of the killed job
+    must not land after the rerun read what is written."""
+    from ray._private.state import jobs
+
+    for _ in range(600):
+        if all(job["IsDead"] for job in jobs() if int(job["DriverPid"]) != os.getpid()):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_and_every_image_is_written_once(cluster, graph, images, tmp_path):
+    import ray
+
+    from service.bulk import read_parts
+
+    out = tmp_path / "parts"
+    args = [sys.executable, "-m", "service.predict", str(graph), str(images), "--out", str(out), "--ray",
+            cluster.address, "--batch-size", "2", "--part-rows", "4"]  # fmt: skip
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while first.poll() is None and len(list(out.glob("part-*.parquet"))) < 3:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # half-way: some parts written, most not
+    finally:
+        output = first.communicate(timeout=60)[0]
+    assert first.returncode == -signal.SIGKILL, output[-2000:]
+    _wait_for_dead_job(ray)
+    before = len(read_parts(out))
+    assert 3 * 4 <= before < 122, output[-2000:]  # killed half-way
+
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    done = re.search(r"(\d+) classified, (\d+) unreadable.*; (\d+) already written", second.stdout)
+    assert done is not None, second.stdout
+    assert int(done[3]) == before and int(done[1]) + int(done[2]) == 122 - before
+    paths = [r["path"] for r in read_parts(out)]
+    assert sorted(paths) == sorted(str(p) for p in list_images([images]))  # each image exactly once
+    assert not list(out.glob(".part-*"))
+
+
+def test_ray_is_imported_by_the_ray_path_only_and_its_mistakes_are_one_line(graph, images, tmp_path):
+    code = "import sys, service.predict, service.models, service.files; print('ray' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert imported.stdout.strip() == "False", imported.stderr
+    refused = subprocess.run([sys.executable, "-m", "service.predict", str(graph), str(images), "--out",
+                              str(tmp_path / "rows.csv"), "--ray"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: with --ray, --out is a folder of Parquet parts, got {tmp_path / 'rows.csv'}"
+    ]
