@@ -157,3 +157,38 @@ def test_ray_is_imported_by_the_ray_path_only_and_its_mistakes_are_one_line(grap
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: with --ray, --out is a folder of Parquet parts, got {tmp_path / 'rows.csv'}"
     ]
+
+
+@pytest.mark.slow
+def test_teacher_labels_from_a_bulk_run_give_the_students_data_of_labelling_in_process(cluster, digits_root, tmp_path):
+    """Noisy Student at scale: the teacher's ONNX export labels the unlabelled images on Ray (or locally into
+    a CSV), and pseudo-label's selection on those rows keeps the same files with the same targets as the
+    teacher checkpoint labelling them in this process."""
+    from export.graph import export_onnx
+    from service.bulk import predict_on_ray
+    from tests.conftest import quick_config
+    from training import checkpoint as ckpt
+    from training.fit import fit
+    from training.unlabeled import pseudo_label, read_labels
+
+    fit(quick_config(digits_root), tmp_path / "teacher", show=False)
+    teacher = tmp_path / "teacher" / "best.pt"
+    labels = ckpt.load(teacher)["labels"]
+    export_onnx(ckpt.load(teacher), teacher, tmp_path / "teacher.onnx")
+    unlabeled = digits_root / "val"
+    summary = predict_on_ray(str(tmp_path / "teacher.onnx"), [unlabeled], tmp_path / "parts", cluster.address,
+                             probabilities=True, rows_per_file=64)  # fmt: skip
+    assert summary.unreadable == 0 and summary.classified > 100
+    predict(str(tmp_path / "teacher.onnx"), [unlabeled], tmp_path / "local.csv", workers=0, probabilities=True)
+
+    here = pseudo_label(teacher, unlabeled, tmp_path / "here.csv")
+    confidence = np.median(read_labels(tmp_path / "here.csv", labels)[1].max(1))
+    for threshold, balance in [(0.0, True), (float(confidence), False), (float(confidence), True)]:
+        pseudo_label(teacher, unlabeled, tmp_path / "here.csv", threshold, balance)
+        expected_paths, expected = read_labels(tmp_path / "here.csv", labels)
+        assert len(expected_paths) >= here["images"] // 3
+        for source in [tmp_path / "parts", tmp_path / "local.csv"]:
+            pseudo_label(teacher, None, tmp_path / "there.csv", threshold, balance, labels_from=source)
+            paths, targets = read_labels(tmp_path / "there.csv", labels)
+            assert paths == expected_paths, (source, threshold, balance)
+            np.testing.assert_allclose(targets, expected, rtol=0, atol=1e-5)
