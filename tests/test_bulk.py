@@ -192,3 +192,19 @@ def test_teacher_labels_from_a_bulk_run_give_the_students_data_of_labelling_in_p
             paths, targets = read_labels(tmp_path / "there.csv", labels)
             assert paths == expected_paths, (source, threshold, balance)
             np.testing.assert_allclose(targets, expected, rtol=0, atol=1e-5)
+
+
+def test_teacher_labels_need_the_probabilities_of_the_teachers_classes(graph, images, tmp_path):
+    from core.errors import UserError
+    from training.unlabeled import teacher_labels
+
+    digits = [str(i) for i in range(10)]
+    predict(str(graph), [images / "a"], tmp_path / "top.csv", workers=0)
+    with pytest.raises(UserError, match="has no probabilities column: rerun python -m service.predict with"):
+        teacher_labels(tmp_path / "top.csv", digits)
+    predict(str(graph), [images / "a"], tmp_path / "full.csv", workers=0, probabilities=True)
+    with pytest.raises(UserError, match="was labelled with other classes than the teacher's"):
+        teacher_labels(tmp_path / "full.csv", list("abcdefghij"))
+    paths, probs = teacher_labels(tmp_path / "full.csv", digits)
+    assert paths == sorted(p for p in list_images([images / "a"]) if p.name != "not-an-image.png")
+    assert probs.shape == (60, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
