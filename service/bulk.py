@@ -43,6 +43,8 @@ from service.predict import Batch, Summary, check_settings, rows
 PART_GLOB = "part-*.parquet"
 DECODE_CHUNK = 16  # files per decoding call: one round trip carries many images (as service/files.py's pool)
 ROWS_PER_FILE = 1024  # rows a Parquet part holds: what a killed job redoes at most per writing task
+PATHS_PER_BLOCK = 128  # the dataset's blocks of paths: a block is decoded by one task, so many blocks keep every
+# core decoding (one block of 2,000 paths ran as one task on one core)
 
 
 def schema(probabilities: bool) -> Any:
@@ -234,8 +236,11 @@ def predict_on_ray(
     summary = BulkSummary(0, 0, 0.0, str(out), skipped=len(paths) - len(todo), startup_s=startup)
     if todo:
         gpus = gpus_in_cluster() if device != "cpu" else 0
+        if device == "cuda" and not gpus:
+            raise UserError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
         pool = actors or max(gpus, 1)
-        ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, len(todo) // rows_per_file))
+        blocks = -(-len(todo) // PATHS_PER_BLOCK)
+        ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": local.preprocess, "limits": limits or Limits(),
                             "shape": local.input_shape}, batch_size=DECODE_CHUNK, num_cpus=0.5)  # fmt: skip
         ds = ds.map_batches(

@@ -62,6 +62,7 @@ def cluster():
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     cluster.add_node(**node)
     cluster.wait_for_nodes()
+    ray.init(address=cluster.address)  # this process's connection; service.bulk joins it as it is
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -124,18 +125,18 @@ def test_a_killed_job_resumes_and_every_image_is_written_once(cluster, graph, im
 
     out = tmp_path / "parts"
     args = [sys.executable, "-m", "service.predict", str(graph), str(images), "--out", str(out), "--ray",
-            cluster.address, "--batch-size", "2", "--part-rows", "4"]  # fmt: skip
+            cluster.address, "--batch-size", "1", "--part-rows", "2"]  # fmt: skip
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while first.poll() is None and len(list(out.glob("part-*.parquet"))) < 3:
-            time.sleep(0.05)
+        while first.poll() is None and not list(out.glob("part-*.parquet")):
+            time.sleep(0.02)
         first.send_signal(signal.SIGKILL)  # half-way: some parts written, most not
     finally:
         output = first.communicate(timeout=60)[0]
     assert first.returncode == -signal.SIGKILL, output[-2000:]
     _wait_for_dead_job(ray)
     before = len(read_parts(out))
-    assert 3 * 4 <= before < 122, output[-2000:]  # killed half-way
+    assert 2 <= before < 122, output[-2000:]  # killed part-way
 
     second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
