@@ -41,7 +41,7 @@ from service.models import Model, Ranked
 from service.predict import Batch, Summary, check_settings, rows
 
 PART_GLOB = "part-*.parquet"
-DECODE_CHUNK = 16  # files per decoding call: one round trip carries many images (as service/files.py's pool)
+DECODE_CHUNK = 64  # files per decoding call (a small block of Ray Data): fewer, larger blocks cost Ray less
 ROWS_PER_FILE = 1024  # rows a Parquet part holds: what a killed job redoes at most per writing task
 PATHS_PER_BLOCK = 128  # the dataset's blocks of paths: a block is decoded by one task, so many blocks keep every
 # core decoding (one block of 2,000 paths ran as one task on one core)
@@ -178,7 +178,8 @@ def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        # "local": a new instance, never the cluster a `ray start` or an earlier test left recorded in /tmp/ray
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
 
