@@ -1,4 +1,4 @@
-"""Images per second classifying a folder of 500x375 JPEGs with the digits graph, three ways, in one run.
+"""Images per second classifying a folder of 500x375 JPEGs with the digits graph, four ways, in one run.
 
     python -m bench.predict_throughput                              # trains a 1-epoch digits model first
     python -m bench.predict_throughput --checkpoint runs/digits-resnet18/best.pt --images 400
@@ -8,7 +8,11 @@
   (b) `python -m training pseudo-label CKPT --images FOLDER --out labels.csv --device cpu`: PyTorch, decoding
       in the main process (the DataLoader has no workers there);
   (c) one process that reads, decodes (service/decode.py) and calls the session (service/runtime.py) in a loop,
-      64 images a call: what (a) does without its pool.
+      64 images a call: what (a) does without its pool;
+  (d) `python -m service.predict GRAPH FOLDER --out DIR --ray`: Ray Data on this machine (service/bulk.py; every
+      core, decoding tasks, one classifying actor, Parquet parts), a fresh --out each run. Its own line states
+      Ray's start-up; the per-batch overhead is (d)'s time after start-up less (a)'s own time (default workers),
+      divided by the batches of --batch-size (skipped with --no-ray or without the bulk extra).
 
 The photos are scikit-image's and scikit-learn's sample images, cropped and resized to 500x375 at random places
 and saved as JPEG (quality 90); the graph takes 32x32, so decoding and resizing dominate, as they do for any
@@ -23,6 +27,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="decoding processes for (a), one run each (besides the default, one per core)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="runs of each method; the fastest is reported")
+    p.add_argument("--no-ray", action="store_true", help="leave out (d), the Ray Data path")
     p.add_argument("--out", default="bench/results/predict_throughput", help="writes <out>.json and <out>.md")
     return p.parse_args(argv)
 
@@ -162,6 +168,32 @@ def measure(args: argparse.Namespace) -> None:
     record("(b) training pseudo-label (PyTorch)", pseudo_label)
     record("(c) one process: decode + session loop", lambda: (in_one_process(graph, paths, args.batch_size), None))
 
+    ray_figures: dict[str, float] = {}
+    if not args.no_ray:
+
+        def on_ray() -> tuple[float, float | None]:
+            shutil.rmtree(work / "parts", ignore_errors=True)  # a fresh --out: a rerun would skip every image
+            seconds, out = run([sys.executable, "-m", "service.predict", str(graph), str(work / "photos"), "--out",
+                                str(work / "parts"), "--batch-size", str(args.batch_size), "--ray"],
+                               work / "ray.log")  # fmt: skip
+            own = re.search(r"([\d.]+) images/s \(([\d.]+) s\).*Ray start-up ([\d.]+) s", out)
+            ray_runs.append((seconds, float(own.group(2)), float(own.group(3))))
+            return seconds, float(own.group(1))
+
+        ray_runs: list[tuple[float, float, float]] = []
+        record("(d) service.predict --ray (Ray Data, this machine)", on_ray)
+        _, own_seconds, startup = min(ray_runs)
+        a_own = next(r for r in results if r["method"].startswith("(a)"))["own_images_per_s"]
+        batches = -(-n // args.batch_size)
+        per_batch = ((own_seconds - startup) - n / a_own) / batches
+        ray_figures = {"ray_startup_s": round(startup, 2), "ray_job_s_after_startup": round(own_seconds - startup, 2),
+                       "ray_overhead_per_batch_ms": round(1000 * per_batch, 1)}  # fmt: skip
+        print(
+            f"(d) Ray start-up {startup:.1f} s; overhead per batch of {args.batch_size} against (a): "
+            f"{1000 * per_batch:.1f} ms",
+            flush=True,
+        )
+
     cores = len(os.sched_getaffinity(0))
     settings = {"images": n, "image_size": list(SIZE), "format": "JPEG q90", "graph": "digits ResNet-18, 32x32",
                 "batch_size": args.batch_size, "cores": cores, "machine": platform.processor() or platform.machine(),
@@ -182,7 +214,11 @@ def measure(args: argparse.Namespace) -> None:
         ],
         "",
     ]
-    write_report(args.out, {"settings": settings, "results": results}, "\n".join(lines))
+    if ray_figures:
+        lines += [f"(d): Ray start-up {ray_figures['ray_startup_s']} s; the job after it "
+                  f"{ray_figures['ray_job_s_after_startup']} s; overhead per batch of {args.batch_size} against (a)'s "
+                  f"own time: {ray_figures['ray_overhead_per_batch_ms']} ms.", ""]  # fmt: skip
+    write_report(args.out, {"settings": settings, "results": results, **ray_figures}, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:

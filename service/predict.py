@@ -40,6 +40,7 @@ from service.files import Decoded, decode_files, decoding_pool, list_images
 from service.models import Model, Ranked
 
 COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
+LIST_COLUMNS = ("top_k", "probabilities")  # JSON text in a CSV cell
 FORMATS = (".csv", ".jsonl")
 PROGRESS_EVERY_S = 10.0  # without a terminal, a plain progress line this often
 
@@ -70,13 +71,18 @@ def batches(decoded: Iterable[Decoded], size: int, input_shape: tuple[int, int, 
         yield Batch(items, pixels[:n])
 
 
-def rows(batch: Batch, ranked: Ranked, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """One row per file of `batch`: the best label, its score and the top-k, as `/classify` words them."""
+def rows(
+    batch: Batch, ranked: Ranked, labels: Sequence[str], top_k: int, probabilities: bool = False
+) -> list[dict[str, Any]]:
+    """One row per file of `batch`: the best label, its score and the top-k, as `/classify` words them; with
+    `probabilities`, also the score of every class in index order (what soft pseudo-labels need)."""
     out, n = [], 0
     for item in batch.items:
         if item.pixels is None:
             out.append({"path": item.path, "label": None, "index": None, "probability": None, "top_k": None,
                         "error": item.error})  # fmt: skip
+            if probabilities:
+                out[-1]["probabilities"] = None
             continue
         scores, order = ranked.scores[n], ranked.order[n]
         n += 1
@@ -84,6 +90,8 @@ def rows(batch: Batch, ranked: Ranked, labels: Sequence[str], top_k: int) -> lis
         tops = [{"label": labels[j], "index": int(j), "probability": float(scores[j])} for j in order[:top_k]]
         out.append({"path": item.path, "label": labels[best], "index": best, "probability": float(scores[best]),
                     "top_k": tops, "error": None})  # fmt: skip
+        if probabilities:
+            out[-1]["probabilities"] = [float(v) for v in scores]
     return out
 
 
@@ -98,7 +106,7 @@ def check_out(path: str | Path) -> str:
 class Writer:
     """Rows to a CSV file (top_k as JSON text, an empty cell for None) or a JSON-lines file, by its suffix."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, probabilities: bool = False):
         self.path = Path(path)
         self.kind = check_out(path)
         try:
@@ -106,14 +114,14 @@ class Writer:
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}") from None
         if self.kind == ".csv":
-            self.csv = csv.DictWriter(self.file, COLUMNS)
+            self.csv = csv.DictWriter(self.file, [*COLUMNS, "probabilities"] if probabilities else COLUMNS)
             self.csv.writeheader()
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             if self.kind == ".csv":
-                top_k = row["top_k"]
-                self.csv.writerow({**row, "top_k": json.dumps(top_k) if top_k is not None else None})
+                lists = {k: json.dumps(row[k]) if row[k] is not None else None for k in LIST_COLUMNS if k in row}
+                self.csv.writerow({**row, **lists})
             else:
                 self.file.write(json.dumps(row) + "\n")
         self.file.flush()
@@ -133,7 +141,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             row = {k: (v if v != "" else None) for k, v in row.items()}
             if row["index"] is not None:
                 row["index"], row["probability"] = int(row["index"]), float(row["probability"])
-                row["top_k"] = json.loads(row["top_k"])
+                for key in LIST_COLUMNS:
+                    if row.get(key) is not None:
+                        row[key] = json.loads(row[key])
             out.append(row)
     return out
 
@@ -208,6 +218,7 @@ def classify(
     batch_size: int = 64,
     workers: int | None = None,
     limits: Limits | None = None,
+    probabilities: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of `paths` batch by batch, in order: decoding in `workers` spawned processes (0: in this
     process; None: one per core), the sessions in this one."""
@@ -218,7 +229,7 @@ def classify(
         decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers)
         for batch in batches(decoded, batch_size, model.input_shape):
             ranked = model(batch.pixels) if len(batch.pixels) else Ranked(np.empty((0, 0)), np.empty((0, 0)))
-            yield rows(batch, ranked, model.labels, k)
+            yield rows(batch, ranked, model.labels, k, probabilities)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -236,6 +247,7 @@ def predict(
     device: str = "auto",
     limits: Limits | None = None,
     progress: bool = False,
+    probabilities: bool = False,
 ) -> Summary:
     """Classify every image file of `inputs` (files, folders searched recursively) with `model` (a store tag,
     an .onnx file, `a+b`, or a loaded Model) and write one row per file to `out` (.csv or .jsonl)."""
@@ -249,11 +261,11 @@ def predict(
     check_settings(top_k, batch_size, workers)
     if not isinstance(model, Model):
         model = Model.load(model, voting, weights, device, batch_size)
-    writer = Writer(out)
+    writer = Writer(out, probabilities)
     try:
         bar = Progress(len(paths), progress)
         classified = unreadable = 0
-        for part in classify(model, paths, top_k, batch_size, workers, limits):
+        for part in classify(model, paths, top_k, batch_size, workers, limits, probabilities):
             writer.write(part)
             bad = sum(row["error"] is not None for row in part)
             classified, unreadable = classified + len(part) - bad, unreadable + bad
@@ -272,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="store tag (name or name:version), .onnx file, or an ensemble a+b")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders to search")
-    parser.add_argument("--out", required=True, help="rows to write: .csv or .jsonl")
+    parser.add_argument("--out", required=True, help="rows to write: .csv or .jsonl (with --ray: a folder)")
     parser.add_argument("--top-k", type=int, default=5, help="labels per image in top_k")
     parser.add_argument("--batch-size", type=int, default=64, help="images per session call")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes; 0: decode in this process "
@@ -280,14 +292,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--voting", default="soft", choices=VOTINGS, help="how an ensemble's members vote")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per member, for --voting weighted")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--probabilities", action="store_true", help="add every class's score, in index order "
+                        "(for soft pseudo-labels: python -m training self-train --teacher-labels)")  # fmt: skip
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on Ray Data and write Parquet "
+                        "parts into the folder --out (rerun to resume): on this machine, or the cluster at ADDRESS "
+                        "(or $RAY_ADDRESS); service/bulk.py")  # fmt: skip
+    parser.add_argument("--actors", type=int, help="with --ray: classifying actors (default: one per GPU, else 1)")
+    parser.add_argument("--part-rows", type=int, default=1024, help="with --ray: rows a Parquet part holds (what "
+                        "a killed job redoes at most per part)")  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        summary = predict(args.model, args.inputs, args.out, args.top_k, args.batch_size, args.workers,
-                          args.voting, args.weights, args.device, progress=True)  # fmt: skip
+        if args.ray is not None:
+            from service.bulk import predict_on_ray  # imports ray: only here
+
+            summary = predict_on_ray(args.model, args.inputs, args.out, args.ray or None, args.top_k, args.batch_size,
+                                     args.voting, args.weights, args.device, args.probabilities,
+                                     actors=args.actors, rows_per_file=args.part_rows)  # fmt: skip
+        else:
+            summary = predict(args.model, args.inputs, args.out, args.top_k, args.batch_size, args.workers,
+                              args.voting, args.weights, args.device, progress=True,
+                              probabilities=args.probabilities)  # fmt: skip
     except UserError as e:
         print(one_line(e), file=sys.stderr)
         return 2

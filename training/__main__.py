@@ -8,6 +8,7 @@ python -m training data photos --out data/photos
 python -m training distill --teacher T.pt [--teacher ...] --config STUDENT.yaml --out runs/NAME [--unlabeled DIR]
 python -m training self-train --config RECIPE.yaml --unlabeled DIR --iterations K --out runs/NAME
 python -m training pseudo-label CKPT --images DIR --out labels.csv [--threshold P] [--balance]
+python -m training pseudo-label CKPT --teacher-labels PARTS_DIR_OR_CSV --out labels.csv     (service.predict's rows)
 python -m training bag --config RECIPE.yaml --members M --out runs/NAME [--bootstrap]
 """
 
@@ -60,10 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     st = _recipe_command(sub, "self-train", "Noisy Student self-training on unlabelled images")
     st.add_argument("--unlabeled", help="folder of unlabelled images")
     st.add_argument("--iterations", type=int, help="teacher -> student rounds (default: self_train.iterations)")
+    st.add_argument("--teacher-labels", nargs="+", help="per iteration, the teacher's rows from python -m service."
+                    "predict --probabilities (Parquet parts folder, .parquet or .csv), not labelling here")  # fmt: skip
 
     pl = sub.add_parser("pseudo-label", help="label a folder of images with a checkpoint")
     pl.add_argument("checkpoint")
-    pl.add_argument("--images", required=True, help="folder of images (any layout)")
+    pl.add_argument("--images", help="folder of images (any layout)")
+    pl.add_argument("--teacher-labels", help="the teacher's rows from python -m service.predict --probabilities "
+                    "(Parquet parts folder, .parquet or .csv) instead of labelling --images here")  # fmt: skip
     pl.add_argument("--out", required=True, help="CSV to write: path, label, confidence, prob_<class>...")
     pl.add_argument("--threshold", type=float, default=0.0, help="keep images whose top probability is at least this")
     pl.add_argument("--balance", action="store_true", help="the same number of images for every class")
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "self-train":
             from training.self_train import self_train
 
-            flags = {"self_train.unlabeled": args.unlabeled, "self_train.iterations": args.iterations}
+            flags = {"self_train.unlabeled": args.unlabeled, "self_train.iterations": args.iterations,
+                     "self_train.teacher_labels": args.teacher_labels}  # fmt: skip
             self_train(_recipe(args, flags), args.out, resume=args.resume)
         elif args.command == "pseudo-label":
             from training.distributed import resolve_device
@@ -132,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if not 0.0 <= args.threshold < 1.0:
                 raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+            if (args.images is None) == (args.teacher_labels is None):
+                raise UserError("pseudo-label needs --images DIR (label here) or --teacher-labels FILE, one of them")
             result = pseudo_label(
                 args.checkpoint, args.images, args.out, args.threshold, args.balance,
-                resolve_device(args.device), args.batch_size,
+                resolve_device(args.device), args.batch_size, args.teacher_labels,
             )  # fmt: skip
             print(json.dumps(result))
         elif args.command == "bag":

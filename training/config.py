@@ -119,6 +119,9 @@ DEFAULTS: dict[str, Any] = {
         "threshold": 0.0,  # keep images whose top teacher probability is at least this
         "balance": False,  # same number of pseudo-labelled images per class (top-confidence / repeats)
         "student_archs": [],  # arch of the student of each iteration; empty = the recipe's arch throughout
+        # the teacher's labels of iteration 1, 2, ... from files (service.predict --probabilities, e.g. --ray)
+        # instead of labelling in this process; iterations past the list label here
+        "teacher_labels": [],
     },
     # `python -m training bag`: members differ by seed, and optionally by resample and recipe overrides
     "bag": {
@@ -281,6 +284,9 @@ def validate(config: dict[str, Any]) -> None:
         raise UserError(f"self_train.threshold must be in [0, 1), got {config['self_train']['threshold']}")
     if config["self_train"]["iterations"] < 1:
         raise UserError("self_train.iterations must be at least 1")
+    if len(config["self_train"]["teacher_labels"]) > config["self_train"]["iterations"]:
+        raise UserError(f"self_train.teacher_labels lists {len(config['self_train']['teacher_labels'])} files for "
+                        f"{config['self_train']['iterations']} iterations")  # fmt: skip
     if config["bag"]["members"] < 2:
         raise UserError("bag.members must be at least 2 (an ensemble of one is the plain recipe)")
     for variant in config["bag"]["variants"]:

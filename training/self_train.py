@@ -6,8 +6,10 @@ runs/NAME/iter0 is the teacher trained on the labelled data alone. Each iteratio
 previous model labels every unlabelled image under its clean eval preprocessing, the kept labels
 go to iter<i>/pseudo_labels.csv, and a student no smaller than the teacher trains from the
 recipe's own start on labelled + pseudo-labelled images with the recipe's noise (augmentation,
-dropout, stochastic depth). The student is the next teacher. runs/NAME/ gets metrics.csv and
-curves.png (one row / point per iteration), summary.json and best.pt (the last student).
+dropout, stochastic depth). The student is the next teacher. `self_train.teacher_labels`
+(--teacher-labels FILE...) gives iteration i its teacher's labels from the i-th file instead (`service.predict
+--probabilities` of that teacher's ONNX export, e.g. on a Ray cluster; training/unlabeled.py). runs/NAME/ gets
+metrics.csv and curves.png (one row / point per iteration), summary.json and best.pt (the last student).
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
         else:
             task = None
             if teacher_path is not None:
-                task = SupervisedTask(extra=_pseudo_labels(teacher_path, st, run, config["device"]))
+                files = st["teacher_labels"]
+                labels_from = files[iteration - 1] if iteration - 1 < len(files) else None
+                task = SupervisedTask(extra=_pseudo_labels(teacher_path, st, run, config["device"], labels_from))
             summary = fit(cfg, run, task=task)
         if not summary:  # not the main process under torchrun
             return {}
@@ -106,10 +110,12 @@ def self_train(config: dict[str, Any], out_dir: str | Path, resume: bool = False
     return result
 
 
-def _pseudo_labels(teacher_path: Path, st: dict[str, Any], run: Path, device: str) -> tuple[list[Path], Any]:
+def _pseudo_labels(
+    teacher_path: Path, st: dict[str, Any], run: Path, device: str, labels_from: str | None = None
+) -> tuple[list[Path], Any]:
     """`pseudo-label` into run/pseudo_labels.csv, then the student's targets read back from that file."""
     counts = pseudo_label(teacher_path, st["unlabeled"], run / "pseudo_labels.csv", st["threshold"], st["balance"],
-                          resolve_device(device))  # fmt: skip
+                          resolve_device(device), labels_from=labels_from)  # fmt: skip
     log.info(f"{counts['rows']} pseudo-labels from {counts['images']} images by {teacher_path} -> {run}")
     return read_labels(run / "pseudo_labels.csv", ckpt.load(teacher_path)["labels"], st["soft"])
 

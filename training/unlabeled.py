@@ -2,14 +2,22 @@
 
     python -m training pseudo-label runs/teacher/best.pt --images data/unlabeled --out labels.csv
 
+    python -m service.predict models/teacher.onnx data/unlabeled --out teacher/ --ray --probabilities
+    python -m training pseudo-label runs/teacher/best.pt --teacher-labels teacher/ --out labels.csv
+
 labels.csv has one row per kept image: `path, label, confidence, prob_<class>...` (the teacher's
 full distribution, so a student can take soft or hard labels from the same file). With balancing a
 row may repeat: classes with few confident images are repeated up to the per-class count.
+
+The teacher's pass over a large unlabelled set can run elsewhere (on a Ray cluster, above): its rows
+(`service.predict --probabilities`: a folder of Parquet parts, one .parquet file, or a .csv) then
+take the place of labelling in this process, and the same selection (threshold, balance) runs on them.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +58,50 @@ def teacher_probabilities(
     dataset = Transformed(unlabeled_images(paths), range(len(paths)), eval_transform(checkpoint["preprocess"]))
     logits, _ = predict(model, DataLoader(dataset, batch_size=batch_size, num_workers=workers), device, show=True)
     return logits.softmax(1).numpy()
+
+
+def _teacher_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of service.predict's output: Parquet (a folder of parts or one file; pyarrow read lazily,
+    as it is the bulk extra's) or CSV (probabilities and top_k as JSON text)."""
+    if path.is_dir() or path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"reading {path} needs pyarrow: pip install 'imgclf[bulk]'") from None
+        parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+        if not parts:
+            raise UserError(f"{path} holds no Parquet parts (part-*.parquet) of python -m service.predict --ray")
+        return [row for part in parts for row in pq.read_table(part).to_pylist()]
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"teacher labels must be Parquet (a folder of parts or .parquet) or .csv, got {path}")
+    with path.open(newline="") as f:
+        rows = [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
+    for row in rows:
+        if row.get("probabilities") is not None:
+            row["probabilities"] = json.loads(row["probabilities"])
+    return rows
+
+
+def teacher_labels(path: str | Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
+    """(paths, probabilities [N, C]) from a teacher's run of `python -m service.predict --probabilities`,
+    sorted by path as find_images lists a folder, so that selection ties break the same way. Files the
+    teacher could not decode are left out: they are no training data."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"teacher labels not found: {path}")
+    rows = [r for r in _teacher_rows(path) if r.get("error") is None]
+    if not rows:
+        raise UserError(f"{path} holds no classified image")
+    if "probabilities" not in rows[0] or rows[0]["probabilities"] is None:
+        raise UserError(f"{path} has no probabilities column: rerun python -m service.predict with --probabilities")
+    for row in rows:
+        if len(row["probabilities"]) != len(labels) or labels[int(row["index"])] != row["label"]:
+            raise UserError(
+                f"{path} was labelled with other classes than the teacher's {labels[:10]} (row {row['path']}: "
+                f"'{row['label']}' of {len(row['probabilities'])} classes)"
+            )
+    rows.sort(key=lambda r: Path(r["path"]))
+    return [Path(r["path"]) for r in rows], np.asarray([r["probabilities"] for r in rows], dtype=np.float64)
 
 
 def select(probs: np.ndarray, threshold: float = 0.0, balance: bool = False) -> np.ndarray:
@@ -110,11 +162,17 @@ def pseudo_label(
     balance: bool = False,
     device: torch.device | None = None,
     batch_size: int = 256,
+    labels_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Label every image under `images` with the checkpoint; write the kept rows to `out`; return counts."""
+    """Label every image under `images` with the checkpoint, or take its labels from `labels_from` (the
+    teacher's `service.predict --probabilities` run; `images` is then not read); write the kept rows to
+    `out`; return counts."""
     checkpoint = ckpt.load(checkpoint_path)
-    paths = find_images(images)
-    probs = teacher_probabilities(checkpoint, paths, device or torch.device("cpu"), batch_size)
+    if labels_from is not None:
+        paths, probs = teacher_labels(labels_from, checkpoint["labels"])
+    else:
+        paths = find_images(images)
+        probs = teacher_probabilities(checkpoint, paths, device or torch.device("cpu"), batch_size)
     keep = select(probs, threshold, balance)
     write_labels(out, [paths[i] for i in keep], probs[keep], checkpoint["labels"])
     predicted = np.bincount(probs[keep].argmax(1), minlength=len(checkpoint["labels"]))

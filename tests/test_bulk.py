@@ -1,0 +1,211 @@
+"""`python -m service.predict ... --ray`: a real two-node Ray cluster on this machine (127.0.0.1 only), real
+ONNX Runtime sessions on tiny graphs, real image files; the rows equal the local path's.
+
+The cluster is ray.cluster_utils.Cluster: a head and a second node of one CPU each, sharing one module fixture
+(Ray's start-up is several seconds). The classifying actor takes a whole CPU, so the decoding tasks run on the
+other node: both nodes work in every job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.files import list_images
+from service.predict import predict, read_rows
+from tests.tiny_onnx import tiny_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """120 PNGs of distinct colours and sizes in two folders, a file that is not an image, a truncated PNG."""
+    root = tmp_path_factory.mktemp("bulk-images")
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        pixels = np.clip(rng.normal(2 * i, 40, (24 + i % 17, 30 + i % 13, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    (root / "a" / "not-an-image.png").write_text("this is not an image")
+    png = (root / "b" / "000.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(png[: len(png) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory) -> Path:
+    return tiny_graph(tmp_path_factory.mktemp("bulk-graph") / "a.onnx", seed=3)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Ray otherwise swaps 127.0.0.1 for the machine's own address when it resolves a node's (read when ray
+    # is first imported, so before importorskip)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)  # this process's connection; service.bulk joins it as it is
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_path):
+    import ray
+
+    from service.bulk import predict_on_ray, read_parts
+
+    local = tmp_path / "local.jsonl"
+    predict(str(graph), [images], local, top_k=10, batch_size=8, workers=0, probabilities=True)
+    summary = predict_on_ray(str(graph), [images], tmp_path / "parts", cluster.address, top_k=10, batch_size=8,
+                             probabilities=True, rows_per_file=16)  # fmt: skip
+    assert (summary.classified, summary.unreadable, summary.skipped) == (120, 2, 0)
+    assert summary.files == len(list((tmp_path / "parts").glob("part-*.parquet"))) >= 122 // 16
+
+    node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(node_ids) == 2
+    worked = {key.split()[1] for key in summary.nodes}
+    assert worked == node_ids, summary.nodes  # both nodes decoded or classified
+    assert sum(n for key, n in summary.nodes.items() if key.startswith("decode ")) == 122
+
+    expected = sorted(read_rows(local), key=lambda r: r["path"])
+    got = read_parts(tmp_path / "parts")
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    assert {r["path"] for r in got} == {str(p) for p in list_images([images])}
+    for mine, theirs in zip(got, expected):
+        assert set(mine) == set(theirs)
+        assert (mine["label"], mine["index"], mine["error"]) == (theirs["label"], theirs["index"], theirs["error"])
+        if theirs["error"] is None:
+            assert [e["index"] for e in mine["top_k"]] == [e["index"] for e in theirs["top_k"]]
+            np.testing.assert_allclose([e["probability"] for e in mine["top_k"]],
+                                       [e["probability"] for e in theirs["top_k"]], rtol=0, atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(mine["probabilities"], theirs["probabilities"], rtol=0, atol=1e-6)
+            assert abs(mine["probability"] - theirs["probability"]) <= 1e-6
+        else:
+            assert mine["top_k"] is mine["probabilities"] is None
+    assert sum(r["error"] is not None for r in got) == 2
+
+
+def _wait_for_dead_job(ray) -> None:
+    """Until Ray has marked every other driver dead (it then kills their workers): a write of the killed job
+    must not land after the rerun read what is written."""
+    from ray._private.state import jobs
+
+    for _ in range(600):
+        if all(job["IsDead"] for job in jobs() if int(job["DriverPid"]) != os.getpid()):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_and_every_image_is_written_once(cluster, graph, images, tmp_path):
+    import ray
+
+    from service.bulk import read_parts
+
+    out = tmp_path / "parts"
+    args = [sys.executable, "-m", "service.predict", str(graph), str(images), "--out", str(out), "--ray",
+            cluster.address, "--batch-size", "1", "--part-rows", "2"]  # fmt: skip
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while first.poll() is None and not list(out.glob("part-*.parquet")):
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # half-way: some parts written, most not
+    finally:
+        output = first.communicate(timeout=60)[0]
+    assert first.returncode == -signal.SIGKILL, output[-2000:]
+    _wait_for_dead_job(ray)
+    before = len(read_parts(out))
+    assert 2 <= before < 122, output[-2000:]  # killed part-way
+
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    done = re.search(r"(\d+) classified, (\d+) unreadable.*; (\d+) already written", second.stdout)
+    assert done is not None, second.stdout
+    assert int(done[3]) == before and int(done[1]) + int(done[2]) == 122 - before
+    paths = [r["path"] for r in read_parts(out)]
+    assert sorted(paths) == sorted(str(p) for p in list_images([images]))  # each image exactly once
+    assert not list(out.glob(".part-*"))
+
+
+def test_ray_is_imported_by_the_ray_path_only_and_its_mistakes_are_one_line(graph, images, tmp_path):
+    code = "import sys, service.predict, service.models, service.files; print('ray' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert imported.stdout.strip() == "False", imported.stderr
+    refused = subprocess.run([sys.executable, "-m", "service.predict", str(graph), str(images), "--out",
+                              str(tmp_path / "rows.csv"), "--ray"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: with --ray, --out is a folder of Parquet parts, got {tmp_path / 'rows.csv'}"
+    ]
+
+
+@pytest.mark.slow
+def test_teacher_labels_from_a_bulk_run_give_the_students_data_of_labelling_in_process(cluster, digits_root, tmp_path):
+    """Noisy Student at scale: the teacher's ONNX export labels the unlabelled images on Ray (or locally into
+    a CSV), and pseudo-label's selection on those rows keeps the same files with the same targets as the
+    teacher checkpoint labelling them in this process."""
+    from export.graph import export_onnx
+    from service.bulk import predict_on_ray
+    from tests.conftest import quick_config
+    from training import checkpoint as ckpt
+    from training.fit import fit
+    from training.unlabeled import pseudo_label, read_labels
+
+    fit(quick_config(digits_root), tmp_path / "teacher", show=False)
+    teacher = tmp_path / "teacher" / "best.pt"
+    labels = ckpt.load(teacher)["labels"]
+    export_onnx(ckpt.load(teacher), teacher, tmp_path / "teacher.onnx")
+    unlabeled = digits_root / "val"
+    summary = predict_on_ray(str(tmp_path / "teacher.onnx"), [unlabeled], tmp_path / "parts", cluster.address,
+                             probabilities=True, rows_per_file=64)  # fmt: skip
+    assert summary.unreadable == 0 and summary.classified > 100
+    predict(str(tmp_path / "teacher.onnx"), [unlabeled], tmp_path / "local.csv", workers=0, probabilities=True)
+
+    here = pseudo_label(teacher, unlabeled, tmp_path / "here.csv")
+    confidence = np.median(read_labels(tmp_path / "here.csv", labels)[1].max(1))
+    for threshold, balance in [(0.0, True), (float(confidence), False), (float(confidence), True)]:
+        pseudo_label(teacher, unlabeled, tmp_path / "here.csv", threshold, balance)
+        expected_paths, expected = read_labels(tmp_path / "here.csv", labels)
+        assert len(expected_paths) >= here["images"] // 3
+        for source in [tmp_path / "parts", tmp_path / "local.csv"]:
+            pseudo_label(teacher, None, tmp_path / "there.csv", threshold, balance, labels_from=source)
+            paths, targets = read_labels(tmp_path / "there.csv", labels)
+            assert paths == expected_paths, (source, threshold, balance)
+            np.testing.assert_allclose(targets, expected, rtol=0, atol=1e-5)
+
+
+def test_teacher_labels_need_the_probabilities_of_the_teachers_classes(graph, images, tmp_path):
+    from core.errors import UserError
+    from training.unlabeled import teacher_labels
+
+    digits = [str(i) for i in range(10)]
+    predict(str(graph), [images / "a"], tmp_path / "top.csv", workers=0)
+    with pytest.raises(UserError, match="has no probabilities column: rerun python -m service.predict with"):
+        teacher_labels(tmp_path / "top.csv", digits)
+    predict(str(graph), [images / "a"], tmp_path / "full.csv", workers=0, probabilities=True)
+    with pytest.raises(UserError, match="was labelled with other classes than the teacher's"):
+        teacher_labels(tmp_path / "full.csv", list("abcdefghij"))
+    paths, probs = teacher_labels(tmp_path / "full.csv", digits)
+    assert paths == sorted(p for p in list_images([images / "a"]) if p.name != "not-an-image.png")
+    assert probs.shape == (60, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
