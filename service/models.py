@@ -8,7 +8,6 @@ holds its sessions and nothing else: the object a Ray Data callable class keeps 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from core.devices import uses_gpu
 from core.errors import UserError
 from core.voting import VOTINGS, vote
 from service.runtime import Graph
+from service.stored import store_path
 
 # `a+b+c`: an ensemble of the members a, b and c (store tags and .onnx files alike); '+' is in no store tag
 ENSEMBLE_SEPARATOR = "+"
@@ -48,9 +48,8 @@ def graph_file(spec: str) -> tuple[str, Path]:
     try:
         stored = bentoml.models.get(spec)
     except (BentoMLException, ValueError):
-        home = os.environ.get("BENTOML_HOME", "~/bentoml")
         raise UserError(
-            f"model '{spec}' is neither an .onnx file nor in the BentoML model store at {home}: "
+            f"model '{spec}' is neither an .onnx file nor in the BentoML model store at {store_path()}: "
             "export it with `python -m export CKPT --store NAME`, or name the .onnx file"
         ) from None
     return str(stored.tag), Path(stored.path_of(metadata.MODEL_FILE))

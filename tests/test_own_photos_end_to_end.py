@@ -13,10 +13,8 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -85,19 +83,11 @@ def _walk(before: list[str], after: list[str], serve_line: str, env: dict, tmp_p
     evaluated = json.loads(next(line for line in built.stdout.splitlines() if line.startswith('{"acc"')))
     assert evaluated["n"] == 60 and evaluated["acc"] >= 0.7, evaluated
 
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(["bash", "-c", f"exec {moved(serve_line, tmp_path, port)}"], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    from tests.test_service import running
+
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 150
-        while server.poll() is None and time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    serve = ["bash", "-c", f"exec {moved(serve_line, tmp_path, port)}"]
+    with running(serve, env, tmp_path / "serve.log", url) as server:
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
 
         # the Bento serves photos.yaml's one model, whatever the checkout's serving.yaml names
@@ -119,11 +109,3 @@ def _walk(before: list[str], after: list[str], serve_line: str, env: dict, tmp_p
         [cat] = [r for r in rows if Path(r["path"]) == tmp_path / "data/photos/test/cat/0.jpg"]
         assert cat["label"] == answer["label"]
         assert abs(float(cat["probability"]) - answer["probability"]) <= 1e-6
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-        log.close()

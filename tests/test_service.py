@@ -59,10 +59,17 @@ def free_port() -> int:
 def serving(args: list[str], env: dict, cwd: Path = ROOT, wait: float = 150):
     """`bentoml serve ARGS` until /readyz answers 200; yields (base url, process); stops the whole group."""
     port = free_port()
-    log = open(env["LOG_PATH"], "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([BENTOML, "serve", *args, "--port", str(port), "--host", "127.0.0.1"], cwd=cwd, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    command = [BENTOML, "serve", *args, "--port", str(port), "--host", "127.0.0.1"]
+    with running(command, env, Path(env["LOG_PATH"]), f"http://127.0.0.1:{port}", cwd, wait) as proc:
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextmanager
+def running(command: list[str], env: dict, log_path: Path, url: str, cwd: Path = ROOT, wait: float = 150):
+    """A server `command` (output to log_path) until url/readyz answers 200 or it exits; yields the process and
+    stops its whole process group afterwards."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + wait
         while time.time() < deadline and proc.poll() is None:
@@ -72,7 +79,7 @@ def serving(args: list[str], env: dict, cwd: Path = ROOT, wait: float = 150):
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        yield url, proc
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
