@@ -10,8 +10,9 @@
       process decoding and calling the session in a loop;
   cluster: the digits graph (decode-bound) on a Ray cluster of two nodes on this machine (ray.cluster_utils, one
       CPU each, 127.0.0.1) against one node with both CPUs, the same `service.predict --ray ADDRESS` job;
-  overhead: Ray's start-up and its cost per batch: `--ray` on the digits graph at two sizes, against the loop. The
-      job time after start-up is fitted as a + b x images, so a user can tell from what number of images Ray pays.
+  overhead: Ray's start-up and its cost per batch: `--ray`, `service.predict` and the loop on the digits graph at
+      two sizes; each job's time is fitted as a + b x images, so a user can tell from what number of images Ray
+      pays (-1: never, on that many machines of these cores).
 
 Every command is timed by wall clock from its start to its end; `service.predict --ray` also prints its own
 start-up. The load average (os.getloadavg) is recorded with each figure: the machine may be shared. Writes
@@ -154,26 +155,42 @@ def cluster(args: argparse.Namespace, work: Path, graph: Path, results: list[dic
 
 
 def overhead(args: argparse.Namespace, work: Path, graph: Path, results: list[dict]) -> dict[str, float]:
-    """Ray's start-up, and its cost per batch over the loop's, from two job sizes on this machine."""
-    after, loop = [], []
+    """Ray's start-up, and its fixed and per-image costs against the local paths', from two job sizes here: each
+    job's time is a + b x images, fitted through the two sizes (b: the marginal cost, in which fixed costs cancel)."""
+    times: dict[str, list[float]] = {"loop": [], "predict": [], "ray": []}
+    startups = []
     for size in args.sizes:
         photos = work / f"photos-{size}"
         paths = make_photos(photos, size)
         loop_s = in_one_process(graph, paths, args.batch_size)
         figure(results, "overhead", f"one process: decode + session loop, {size} images", size, loop_s)
+        predict = [sys.executable, "-m", "service.predict", str(graph), str(photos), "--out", str(work / "rows.csv"),
+                   "--batch-size", str(args.batch_size)]  # fmt: skip
+        predict_s = run(predict, work / "p.log")[0]
+        figure(results, "overhead", f"service.predict (local), {size} images", size, predict_s)
         ray = on_ray(graph, photos, work / f"parts-{size}", args.batch_size)
         figure(results, "overhead", f"service.predict --ray, {size} images", size, ray["seconds"], ray=ray)
-        after.append(ray["own_seconds"] - ray["startup_s"])
-        loop.append(loop_s)
-        startup = ray["startup_s"]
-    (small, large), (a0, a1), (l0, l1) = args.sizes, after, loop
-    ray_per_image = (a1 - a0) / (large - small)  # the marginal cost: fixed costs cancel
-    loop_per_image = (l1 - l0) / (large - small)
-    fixed = a1 - ray_per_image * large  # the job's own fixed cost after ray.init (planning, actor start-up)
-    per_batch = (ray_per_image - loop_per_image) * args.batch_size
-    return {"ray_startup_s": round(startup, 2), "ray_fixed_after_startup_s": round(fixed, 2),
-            "ray_ms_per_image": round(1000 * ray_per_image, 3), "loop_ms_per_image": round(1000 * loop_per_image, 3),
-            "ray_overhead_per_batch_ms": round(1000 * per_batch, 1)}  # fmt: skip
+        times["loop"].append(loop_s)
+        times["predict"].append(predict_s)
+        times["ray"].append(ray["seconds"])
+        startups.append(ray["startup_s"])
+    small, large = args.sizes
+    fit = {}
+    for name, (t0, t1) in times.items():
+        per_image = (t1 - t0) / (large - small)
+        fit[name] = (t1 - per_image * large, per_image)  # (fixed seconds, seconds per image)
+    (ray_fixed, ray_b), (local_fixed, local_b) = fit["ray"], fit["predict"]
+    figures = {"ray_startup_s": round(min(startups), 2)}
+    for name, (fixed, per_image) in fit.items():
+        figures[f"{name}_fixed_s"] = round(fixed, 2)
+        figures[f"{name}_ms_per_image"] = round(1000 * per_image, 3)
+    figures["ray_overhead_per_batch_ms"] = round(1000 * (ray_b - local_b) * args.batch_size, 1)
+    # Ray pays once its lower cost per image has made up its larger fixed cost; with k machines of these cores, its
+    # cost per image is divided by k (the local path cannot use them)
+    for k in (1, 2, 4):
+        gain = local_b - ray_b / k
+        figures[f"ray_pays_from_images_on_{k}_machines"] = round((ray_fixed - local_fixed) / gain) if gain > 0 else -1
+    return figures
 
 
 def measure(args: argparse.Namespace) -> None:
