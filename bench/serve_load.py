@@ -78,6 +78,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-latency-ms", type=int, default=60000, help="the shedding bound in serving.yaml")
     p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--gpus", help="gpus in serving.yaml (all, or ids such as 0,1); a layout of 0 workers then "
+                   "leaves workers out (one per GPU) and 0 decoding processes leaves decoding out (the cores "
+                   "divided among the workers)")  # fmt: skip
     p.add_argument("--work", default="runs/serve_load", help="models, store and logs")
     p.add_argument("--out", default="bench/results/serve_load")
     p.add_argument("--quick", action="store_true", help="a short run for `make bench`")
@@ -97,10 +100,13 @@ def serving_yaml(name: str, args: argparse.Namespace, workers: int, processes: i
     """The serving.yaml of one run: `name` and a second seed, served alone and as a two-member ensemble."""
     suffix = "-fp16" if args.serve_fp16 else ""
     sizes = args.batch_sizes if args.batch_sizes in ("auto", "none") else f"[{args.batch_sizes}]"
+    gpus = args.gpus if args.gpus in (None, "all") else [int(g) for g in args.gpus.split(",")]
     return (
         f"device: {args.device}\ndefault_model: {name}{suffix}\nmodels: [{name}{suffix}, {name}-b{suffix}]\n"
-        f"workers: {workers}\ndecoding: {{processes: {processes}}}\n"
-        f"ensembles:\n  pair: {{members: [{name}{suffix}, {name}-b{suffix}], voting: soft}}\n"
+        + (f"gpus: {gpus}\n" if gpus else "")
+        + (f"workers: {workers}\n" if workers or not args.gpus else "")
+        + (f"decoding: {{processes: {processes}}}\n" if processes or not args.gpus else "")
+        + f"ensembles:\n  pair: {{members: [{name}{suffix}, {name}-b{suffix}], voting: soft}}\n"
         f"batching: {{max_batch_size: {args.max_batch_size}, max_latency_ms: {args.max_latency_ms}, sizes: {sizes}}}\n"
         f"cuda: {{cudnn_conv_algo_search: {args.conv_algo_search}, prefer_nhwc: {str(args.prefer_nhwc).lower()}, "
         f"cuda_graph: {str(args.cuda_graph).lower()}}}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -31,3 +32,22 @@ def uses_gpu(device: str) -> bool:
 def providers(device: str = "auto") -> list[str]:
     """ONNX Runtime's provider list for `device`: CUDA first where it runs here, the CPU always."""
     return [CUDA, CPU] if uses_gpu(device) else [CPU]
+
+
+def gpu_ids() -> list[int]:
+    """The CUDA device ordinals ONNX Runtime can run on here ([] without its CUDA provider or an NVIDIA device):
+    0..n-1 over the devices CUDA_VISIBLE_DEVICES leaves visible, the numbering the CUDA provider's device_id uses."""
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers() or not gpu_present():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(range(len(glob.glob("/dev/nvidia[0-9]*"))))
+    # CUDA stops at the first entry that names no device ("-1", ""), so the entries before it are what it sees
+    named = []
+    for entry in visible.split(","):
+        if not entry.strip() or entry.strip() == "-1":
+            break
+        named.append(entry)
+    return list(range(len(named)))

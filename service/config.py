@@ -180,6 +180,8 @@ class ServingFile(_Section):
     # None when the file has no auth (a default is never validated); typed Auth, not Auth | None, so that `auth:`
     # left empty is refused rather than serving every route to anyone, and errors name the key inside auth
     auth: Auth = None  # type: ignore[assignment]
+    # one worker per GPU, each with its sessions on its own device (service/gpus.py): all, or CUDA device ordinals
+    gpus: Any = Field(None, description="all or a list of distinct GPU ids (whole numbers of at least 0)")
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +190,25 @@ class ServingFile(_Section):
         if isinstance(raw, dict):
             return {k: v for k, v in raw.items() if not (k in SECTIONS and v is None)}
         return raw
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_ids(cls, gpus: Any) -> Any:
+        ids = isinstance(gpus, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in gpus)
+        if not (gpus == "all" or (ids and gpus and len(set(gpus)) == len(gpus))):
+            raise ValueError(f"gpus must be all or a list of distinct GPU ids (whole numbers of at least 0), "
+                             f"got {gpus!r}")  # fmt: skip
+        return gpus
+
+    @model_validator(mode="after")
+    def _gpus(self) -> ServingFile:
+        if self.gpus is None:
+            return self
+        if self.device == "cpu":
+            raise ValueError("gpus puts each worker on a GPU, but device is cpu: set device: cuda, or remove gpus")
+        if isinstance(self.gpus, list) and "workers" in self.model_fields_set and self.workers < len(self.gpus):
+            raise ValueError(few_workers(self.workers, self.gpus))
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> ServingFile:
@@ -219,6 +240,12 @@ class ServingConfig:
     limits: Limits = field(default_factory=Limits)
     observability: Observability = field(default_factory=Observability)
     auth: Auth | None = None  # None: every route open
+    gpus: list[int] | str | None = None  # "all", GPU ids, or None: no per-worker GPU (service/gpus.py)
+    workers_set: bool = False  # workers given in the file, not its default (with gpus: one worker per GPU)
+
+
+def few_workers(workers: int, gpus: list[int]) -> str:
+    return f"workers ({workers}) is fewer than gpus {gpus}: a GPU would have no worker; remove workers (one per GPU)"
 
 
 def model_name(tag: str) -> str:
@@ -337,6 +364,8 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         limits=file.limits,
         observability=file.observability,
         auth=file.auth,
+        gpus=file.gpus,
+        workers_set="workers" in file.model_fields_set,
     )
 
 

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 BATCH_AXIS = {"member_probabilities": 1}
 
 
-def cuda_provider_options(cuda: CudaOptions) -> dict[str, str]:
+def cuda_provider_options(cuda: CudaOptions, device_id: int = 0) -> dict[str, str]:
     return {
+        "device_id": str(device_id),
         "cudnn_conv_algo_search": cuda.cudnn_conv_algo_search,
         "prefer_nhwc": str(int(cuda.prefer_nhwc)),
         "enable_cuda_graph": str(int(cuda.cuda_graph)),
@@ -65,8 +66,10 @@ class Graph:
         cpu_threads: int = 0,
         sizes: list[int] | None = None,
         cuda: CudaOptions | None = None,
+        device_id: int = 0,
     ):
-        """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: its default, one per core)."""
+        """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: its default, one per core).
+        device_id: the GPU (CUDA device ordinal) the CUDA provider runs on."""
         self.path = Path(path)
         self.on_gpu = uses_gpu(device)
         self.sizes = sorted(sizes) if sizes else None
@@ -81,7 +84,7 @@ class Graph:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.on_gpu:
             preload_cuda_libraries()
-            providers: list[Any] = [(CUDA, cuda_provider_options(cuda)), CPU]
+            providers: list[Any] = [(CUDA, cuda_provider_options(cuda, device_id)), CPU]
         else:
             providers = [CPU]
 
@@ -103,7 +106,8 @@ class Graph:
         self.calls: dict[int, _Call] = {}
         for i, size in enumerate(self.sizes or []):
             s = first if i == 0 or not self.on_gpu else session()
-            self.calls[size] = _Captured(s, size, self.input_shape) if cuda.cuda_graph and self.on_gpu else _Call(s)
+            captured = cuda.cuda_graph and self.on_gpu
+            self.calls[size] = _Captured(s, size, self.input_shape, device_id=device_id) if captured else _Call(s)
         self.any_size = _Call(first)
 
     def run_size(self, images: int) -> int:
@@ -171,16 +175,23 @@ class _Captured(_Call):
     needs the input and output buffers at the same device addresses on every call, so they are allocated
     and bound once and each call copies the batch into the input buffer."""
 
-    def __init__(self, session: ort.InferenceSession, size: int, input_shape: tuple[int, ...], device: str = "cuda"):
-        """device: where the buffers live ("cpu" only to test the binding without a GPU)."""
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        size: int,
+        input_shape: tuple[int, ...],
+        device: str = "cuda",
+        device_id: int = 0,
+    ):
+        """device: where the buffers live ("cpu" only to test the binding without a GPU); device_id: which GPU."""
         super().__init__(session)
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type((size, *input_shape), np.uint8, device, 0)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type((size, *input_shape), np.uint8, device, device_id)
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input("images", self.input)
         self.buffers = {}
         for o in session.get_outputs():
             shape = [d if isinstance(d, int) else size for d in o.shape]  # the one symbolic dimension is N
-            self.buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+            self.buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, device_id)
             self.binding.bind_ortvalue_output(o.name, self.buffers[o.name])
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:

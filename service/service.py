@@ -21,6 +21,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import sys
 import typing as t
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,7 @@ from starlette.responses import JSONResponse
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
-from service import auth, docs_page, packed, port, runtime, stored, timeout
+from service import auth, docs_page, gpus, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
 from service.decode import InputError, decode, decoder_ready, quoted
@@ -63,6 +64,13 @@ if COMMAND is not None:
     port.check()
     if COMMAND[0] == "serve":
         stored.install()  # a worker that still cannot start stops the server, rather than restarting for ever
+# `gpus`: the GPU ids, resolved where the server runs (`bentoml serve` and its workers; `bentoml build` may pack a
+# GPU Bento on a machine without one); None without `gpus`
+SERVING_HERE = (COMMAND is not None and COMMAND[0] == "serve") or bentoml.server_context.worker_index is not None
+GPUS = gpus.ids_or_exit(CONFIG) if SERVING_HERE else None
+WORKERS = gpus.workers(CONFIG, GPUS)
+if GPUS and COMMAND is not None:
+    gpus.leave_allocation_to_workers()
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -226,9 +234,9 @@ ROUTES = tuple(ROUTE_STATUSES)
 
 @bentoml.service(
     name="classifier",
-    workers=CONFIG.workers,
+    workers=WORKERS,
     traffic={"timeout": 60},
-    resources={"gpu": 1} if CONFIG.device == "cuda" else {},
+    resources={"gpu": len(GPUS)} if GPUS else {"gpu": 1} if CONFIG.device == "cuda" else {},
     logging={"access": {"enabled": CONFIG.observability.access_log}},
     tracing={} if CONFIG.observability.tracing else {"excluded_urls": list(ROUTES)},
 )
@@ -244,7 +252,9 @@ class Classifier(_StoredModels):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.model_info, self.preprocess, self.batchers = {}, {}, {}
         # several workers share the cores: each session gets its share of them on the CPU provider
-        cpu_threads = max(1, len(os.sched_getaffinity(0)) // CONFIG.workers) if CONFIG.workers > 1 else 0
+        cores = len(os.sched_getaffinity(0))
+        cpu_threads = max(1, cores // WORKERS) if WORKERS > 1 else 0
+        gpu = gpus.of_worker(GPUS, bentoml.server_context.worker_index) if GPUS else 0
         sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
             # the model store entry's metadata (written by `python -m export --store`) says what it expects
@@ -252,7 +262,7 @@ class Classifier(_StoredModels):
             meta = entry.info.metadata
             path = Path(entry.path_of(MODEL_FILE))
             try:
-                graph = Graph(path, CONFIG.device, cpu_threads, sizes, CONFIG.cuda)
+                graph = Graph(path, CONFIG.device, cpu_threads, sizes, CONFIG.cuda, gpu)
                 warmed = graph.warm()
             except Exception as e:
                 raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
@@ -286,7 +296,11 @@ class Classifier(_StoredModels):
                 observe,
             )
         self.limits = CONFIG.limits
-        self.decoder = _decoding_processes(CONFIG.decode_processes)
+        processes = gpus.decode_processes(CONFIG, WORKERS, cores)
+        self.decoder = _decoding_processes(processes)
+        if GPUS:  # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
+            print(f"worker {bentoml.server_context.worker_index} of {WORKERS}: sessions on GPU {gpu} "
+                  f"({graph.provider}), decoding in {processes} processes", file=sys.stderr, flush=True)  # fmt: skip
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
         # for the life of the process; left in the collector's oldest generation, each full collection
         # walked all of it and stalled the event loop for ~150 ms (measured with gc.callbacks), which set
