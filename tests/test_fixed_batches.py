@@ -18,8 +18,8 @@ from export.graph import export_onnx
 from service import config as serving_config
 from service.runtime import Graph, _Captured
 from training import checkpoint as ckpt
+from training.checkpoint import checkpoint_dict
 from training.config import load_config
-from training.fit import checkpoint_dict
 from training.models import build_model
 
 
