@@ -185,7 +185,8 @@ def fit(
                 ckpt.with_training_state(last, optimizer, scheduler, scaler, ema, epoch, history, best), out / "last.pt"
             )
             _write_metrics(history, out / "metrics.csv")
-            # matplotlib costs ~0.3 s a figure: long runs refresh the picture about 50 times, and at the end
+            # drawing a figure costs more than a small epoch (measured: bench/README.md, 'Training throughput'):
+            # long runs refresh the picture about 50 times, and at the end
             if epoch % max(1, train_cfg["epochs"] // 50) == 0 or epoch == train_cfg["epochs"]:
                 plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
             if show:
