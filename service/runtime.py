@@ -2,11 +2,11 @@
 
 On the CUDA provider a session pays cuDNN's algorithm choice again whenever a call's input shape differs
 from its previous call's, not only the first time it sees a shape: a session alternating two batch sizes
-paid it on every call, many times what one session per size took (measured on an H100, ResNet-50, EXHAUSTIVE
-search: bench/README.md, 'Serving on a GPU'). So on a GPU
-every call runs at one of a few fixed batch sizes, a batch is padded up to the next one, and each size
-has a session of its own that only ever sees that shape. `warm()` makes each session's first call (the
-algorithm search, or the CUDA graph capture) at start-up, before the service reports ready.
+paid it on every call, many times what one session per size took (measured with ResNet-50 and EXHAUSTIVE
+search: bench/README.md, 'On a GPU'). So on a GPU every call runs at one of a few fixed batch sizes, a batch
+is padded up to the next one, and each size has a session of its own that only ever sees that shape. `warm()`
+makes each session's first call (the algorithm search, or the CUDA graph capture) at start-up, before the
+service reports ready.
 """
 
 from __future__ import annotations
