@@ -146,8 +146,8 @@ def prepare_models(names: list[str], work: Path, fp16: bool = False) -> dict[str
     from export.graph import export_onnx
     from export.store import store_model
     from training import checkpoint as ckpt
+    from training.checkpoint import checkpoint_dict
     from training.config import load_config
-    from training.fit import checkpoint_dict
     from training.models import build_model
 
     graphs = {}

@@ -2,7 +2,8 @@
 
 The file is described by typed pydantic models (`ServingFile` and its sections), so every key, type, range
 and unknown key is checked in one place; `parse` turns any mistake into one line that names the key path,
-the value and what is expected, and builds the `ServingConfig` the service reads.
+the value and what is expected (core/schema.py, which renders training recipes' mistakes too), and builds
+the `ServingConfig` the service reads.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from core.schema import Section as _Section
+from core.schema import error_lines
 from core.voting import VOTINGS
 
 DEFAULT_PATH = "serving.yaml"
@@ -25,11 +27,6 @@ DEFAULT_PATH = "serving.yaml"
 
 class ConfigError(Exception):
     """A serving.yaml that cannot be served; raised at start-up."""
-
-
-class _Section(BaseModel):
-    # strict: "5" is not a number and 1 is not true, as YAML already types its values; unknown keys are errors
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
@@ -57,7 +54,7 @@ class CudaOptions(_Section):
 
 
 class Ensemble(_Section):
-    members: list[str] = Field(min_length=1, description="a list of at least one served model")
+    members: list[str] = Field(min_length=1, json_schema_extra={"expected": "a list of at least one served model"})
     voting: Literal[VOTINGS] = "soft"
     weights: list[float] | None = Field(None, description="one non-negative number per member")
 
@@ -142,7 +139,9 @@ class Auth(_Section):
     as Prometheus scrapes without a key unless told one, and a browser cannot send a header to open the page at /
     (the page's Authorize button sends one with each request it makes)."""
 
-    api_keys_file: str = Field(min_length=1, description="the path of a file of API keys, one a line")
+    api_keys_file: str = Field(
+        min_length=1, json_schema_extra={"expected": "the path of a file of API keys, one a line"}
+    )
     protect_metrics: bool = False
     protect_docs: bool = False
 
@@ -168,7 +167,7 @@ class ServingFile(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_model: str | None = Field(None, description="text: one of models (default: the first)")
     models: list[Annotated[str, AfterValidator(_tag)]] = Field(
-        min_length=1, description="a list of at least one model-store tag"
+        min_length=1, json_schema_extra={"expected": "a list of at least one model-store tag"}
     )
     ensembles: dict[str, Ensemble] = {}
     batching: Batching = Batching()
@@ -270,84 +269,13 @@ def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
     return sorted(sizes)
 
 
-def _at(loc: tuple) -> tuple[Any, FieldInfo | None]:
-    """The type (and field) that the key path `loc` of an error points at in ServingFile."""
-    kind: Any = ServingFile
-    info: FieldInfo | None = None
-    for key in loc:
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            info = kind.model_fields.get(str(key))
-            if info is None:
-                return None, None
-            kind = info.annotation
-        else:
-            info = None
-            args = [a for a in t.get_args(kind) if a is not type(None)]
-            if t.get_origin(kind) is dict:
-                kind = args[1]
-            elif t.get_origin(kind) is list:
-                kind = args[0]
-            elif len(args) == 1:  # X | None
-                kind = args[0]
-                if t.get_origin(kind) is list:
-                    kind = t.get_args(kind)[0]
-            else:
-                return None, None
-        if t.get_origin(kind) is Annotated:
-            kind = t.get_args(kind)[0]
-    return kind, info
-
-
-def _expected(kind: Any, info: FieldInfo | None) -> str:
-    """What a key must hold, in words."""
-    if info is not None and info.description:
-        return info.description
-    at_least = next((m.ge for m in (info.metadata if info else []) if hasattr(m, "ge")), None)
-    bound = f" of at least {at_least}" if at_least is not None else ""
-    if t.get_origin(kind) is Literal:
-        values = [str(v) for v in t.get_args(kind)]
-        return f"{', '.join(values[:-1])} or {values[-1]}"
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
-        return f"a mapping of {', '.join(kind.model_fields)}"
-    if t.get_origin(kind) is dict:
-        return "a mapping of names to ensembles"
-    words = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-    return words.get(kind, "a value of another type") + bound
-
-
-def _path(loc: tuple) -> str:
-    return ".".join(str(k) for k in loc)
-
-
-def _lines(error: ValidationError) -> list[str]:
-    """One message per mistake: the key path, the value and what is expected."""
-    out: list[str] = []
-    unknown: dict[tuple, list[str]] = {}
-    for e in error.errors(include_url=False):
-        loc = tuple(e["loc"])
-        if e["type"] == "extra_forbidden":
-            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
-        elif e["type"] == "value_error":  # the validators above: whole sentences, the section's path left to fill
-            out.append(str(e["ctx"]["error"]).replace("{path}", _path(loc)))
-        elif e["type"] == "missing":
-            out.append(f"{_path(loc)} is missing: it must be {_expected(*_at(loc))}")
-        else:
-            out.append(f"{_path(loc)} must be {_expected(*_at(loc))}, got {e['input']!r}")
-    for loc, keys in unknown.items():
-        kind, _ = _at(loc)
-        valid = list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
-        where = _path(loc) or "serving.yaml"
-        out.append(f"unknown {where} keys {sorted(keys)}; valid: {valid}")
-    return out
-
-
 def parse(raw: dict[str, Any]) -> ServingConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {raw!r}")
     try:
         file = ServingFile.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("; ".join(_lines(e))) from None
+        raise ConfigError("; ".join(error_lines(e, ServingFile, "serving.yaml"))) from None
     batching = file.batching
     return ServingConfig(
         models=[str(m) for m in file.models],

@@ -1,12 +1,12 @@
 """ONNX Runtime sessions for served graphs: the device choice, fixed batch shapes, and one batched call.
 
 On the CUDA provider a session pays cuDNN's algorithm choice again whenever a call's input shape differs
-from its previous call's, not only the first time it sees a shape: measured on an H100 (ResNet-50,
-EXHAUSTIVE search), a second batch of 3 after a batch of 64 took 721 ms, and one session alternating
-batches of 8 and 64 took 89-107 ms a call, where one session per size took 3 ms and 14 ms. So on a GPU
-every call runs at one of a few fixed batch sizes, a batch is padded up to the next one, and each size
-has a session of its own that only ever sees that shape. `warm()` makes each session's first call (the
-algorithm search, or the CUDA graph capture) at start-up, before the service reports ready.
+from its previous call's, not only the first time it sees a shape: a session alternating two batch sizes
+paid it on every call, many times what one session per size took (measured with ResNet-50 and EXHAUSTIVE
+search: bench/README.md, 'On a GPU'). So on a GPU every call runs at one of a few fixed batch sizes, a batch
+is padded up to the next one, and each size has a session of its own that only ever sees that shape. `warm()`
+makes each session's first call (the algorithm search, or the CUDA graph capture) at start-up, before the
+service reports ready.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ Each graph is also opened and run once the way a worker will (`graph_problems`):
 the configured device (`service.runtime.Graph`, the workers' own code: a corrupt or truncated file, an operator
 ONNX Runtime lacks, `device: cuda` without a usable GPU, where ONNX Runtime falls back to the CPU silently),
 with this project's metadata in a format this code reads, classifying one black image into as many
-probabilities as it has labels (measured: a corrupt graph used to restart its worker 18 times, with 108
-tracebacks, in 180 s). That runs in a child process, so the sessions are released when it ends instead of
-staying in the `bentoml serve` process for the life of the server; for a ResNet-50 on the CPU the child took
-1.7-1.9 s and 330 MB at its peak on the 2-core machine, 0.7-0.9 s of that its start and imports:
+probabilities as it has labels (a corrupt graph used to restart its worker again and again, a traceback each
+time). That runs in a child process, so the sessions are released when it ends instead of staying in the
+`bentoml serve` process for the life of the server; the child's time, most of it its start and imports, is paid
+once at start-up (measured: bench/README.md, 'Serving load'):
 
     python -m service.stored cpu '{"digits-resnet18:abc": "/path/to/model.onnx"}'   # {"device", "graphs"} as JSON
 

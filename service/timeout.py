@@ -4,8 +4,8 @@ BentoML's `TimeoutMiddleware` (1.4) starts a `loop.call_later(timeout, ...)` tim
 and never cancels it. An asyncio timer keeps a copy of the context it was started in, and by then
 the outer middlewares have put the request's tracing span and more into it. So every request's
 objects stayed alive for the whole timeout (60 s here) after it was answered. Under load that held
-about 250,000 objects at once. Each full garbage collection walked them: 300-530 ms pauses that grew
-through a 60-s run and set the soak's p99 (bench/README.md).
+about 250,000 objects at once. Each full garbage collection walked them, in pauses that grew through a
+run and set the soak's p99 (measured: bench/README.md, 'Soak').
 
 `install()` replaces the middleware's `__call__` with one that behaves the same (504 after the
 timeout) but starts its timer in an empty context and cancels it when the request ends.

@@ -250,7 +250,10 @@ def test_the_auth_section_is_checked():
     for auth, message in [
         (None, "auth must be a mapping of api_keys_file, protect_metrics, protect_docs, got None"),
         ({}, "auth.api_keys_file is missing: it must be the path of a file of API keys"),
-        ({"api_keys_file": "k", "protect": True}, "unknown auth keys ['protect']"),
+        (
+            {"api_keys_file": "k", "protect": True},
+            "key 'auth.protect': did you mean auth.protect_docs or auth.protect_metrics",
+        ),
         ({"api_keys_file": "k", "protect_docs": "yes"}, "auth.protect_docs must be true or false, got 'yes'"),
     ]:
         with pytest.raises(serving_config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from core.errors import UserError
+from core.schema import key_paths
 from tests.conftest import ROOT
-from training.config import DEFAULTS, load_config, parse_overrides, valid_keys
+from training.config import DEFAULTS, load_config, parse_overrides, save_config, valid_keys
+from training.recipe import Recipe
 
 # every recipe in configs/, so that a new one is loaded without being listed here
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
@@ -65,19 +67,60 @@ def test_overrides_are_yaml_typed():
     assert config["preprocess"]["mean"] == [0.5, 0.5, 0.5] and config["model"]["dropout"] is None
 
 
-def test_unknown_key_lists_the_valid_keys(tmp_path):
-    with pytest.raises(UserError, match=r"unknown recipe key 'optim.learning_rate'.*optim\.lr"):
-        load_config("configs/digits_resnet18.yaml", ["optim.learning_rate=1"])
+def test_a_misspelt_key_is_answered_with_the_nearest_valid_ones(tmp_path):
+    with pytest.raises(UserError, match=r"^unknown recipe key 'optim.lrr': did you mean optim\.lr\?$"):
+        load_config("configs/digits_resnet18.yaml", ["optim.lrr=1"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model:\n  archh: resnet18\n")
-    with pytest.raises(UserError, match="unknown recipe key 'model.archh'; valid keys: seed, device"):
+    with pytest.raises(UserError, match=r"^unknown recipe key 'model.archh': did you mean model\.arch\?$"):
         load_config(recipe)
+    # a key under the wrong section is pointed to the section that has it
+    with pytest.raises(UserError, match=r"^unknown recipe key 'train.lr': did you mean optim\.lr\?$"):
+        load_config(None, {"train.lr": 0.1})
+    # nothing near: the keys of that one section, not all of them
+    with pytest.raises(UserError, match=r"^unknown recipe key 'optim.learning_rate'; valid keys in optim: name, lr,"):
+        load_config(None, {"optim.learning_rate": 0.1})
+    # inside a bag variant, which is checked as the recipe it makes
+    with pytest.raises(UserError, match=r"^bag.variants.0: unknown recipe key 'model.arc': did you mean model\.arch"):
+        load_config(None, {"bag.variants": [{"model.arc": "resnet34"}]})
 
 
-def test_bad_values_are_named():
-    with pytest.raises(UserError, match="schedule.name = 'linear' is not one of"):
-        load_config(None, {"schedule.name": "linear"})
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"schedule.name": "linear"}, "schedule.name must be cosine, step, onecycle or constant, got 'linear'"),
+        ({"optim.lr": -1}, "optim.lr must be a number greater than 0, got -1"),
+        ({"optim.lr": "fast"}, "optim.lr must be a number greater than 0, got 'fast'"),
+        ({"train.epochs": 1.5}, "train.epochs must be a whole number of at least 1, got 1.5"),
+        ({"train.epochs": 0}, "train.epochs must be a whole number of at least 1, got 0"),
+        ({"augment.hflip": True}, "augment.hflip must be a number from 0 to 1, got True"),
+        ({"optim.betas": [0.9, 2]}, "optim.betas.1 must be a number from 0 to 1, got 2"),
+        ({"progressive.batch_sizes": [0, 8]}, "progressive.batch_sizes.0 must be a whole number of at least 1, got 0"),
+        ({"self_train.threshold": 1}, "self_train.threshold must be a number of at least 0 and less than 1, got 1"),
+        ({"self_train.teacher_labels": ["a", "b"]}, "self_train.teacher_labels lists 2 files for 1 iterations"),
+        ({"bag.members": 1}, "bag.members must be a whole number of at least 2, got 1"),
+        ({"data.root": 3}, "data.root must be text, got 3"),
+        ({"model": "resnet18"}, "model must be a mapping of arch, pretrained, transfer,"),
+        ({"optim.lr.x": 1}, "recipe key 'optim.lr.x': optim.lr is a value, not a section"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_key(overrides, message):
+    with pytest.raises(UserError) as refused:
+        load_config("configs/digits_resnet18.yaml", overrides)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value), str(refused.value)
+
+
+def test_file_and_override_mistakes():
     with pytest.raises(UserError, match="--set expects key=value"):
         parse_overrides(["optim.lr"])
     with pytest.raises(UserError, match="recipe file not found"):
         load_config("configs/nope.yaml")
+
+
+def test_the_defaults_are_the_recipe_models_and_the_resolved_config_is_plain_yaml(tmp_path):
+    """config.yaml holds plain YAML types (checkpoints and export read it back with safe loaders)."""
+    assert valid_keys(DEFAULTS) == key_paths(Recipe)  # every key of the models is written, sections opened
+    config = load_config("configs/digits_resnet18.yaml", ["optim.lr=1", "augment.rotation=15"])
+    assert config["optim"]["lr"] == 1.0 and isinstance(config["augment"]["rotation"], float)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config  # --resume reads it back as a recipe

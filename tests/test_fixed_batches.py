@@ -18,8 +18,8 @@ from export.graph import export_onnx
 from service import config as serving_config
 from service.runtime import Graph, _Captured
 from training import checkpoint as ckpt
+from training.checkpoint import checkpoint_dict
 from training.config import load_config
-from training.fit import checkpoint_dict
 from training.models import build_model
 
 
@@ -118,10 +118,13 @@ def test_batch_sizes_from_serving_config():
         ({"batching": {"sizes": "fixed"}}, "auto, none or a list"),
         ({"batching": {"sizes": [64, 64]}}, "must be distinct"),
         ({"cuda": {"cudnn_conv_algo_search": "FAST"}}, "must be EXHAUSTIVE, HEURISTIC or DEFAULT, got .FAST."),
-        ({"cuda": {"graphs": True}}, "unknown cuda keys \\['graphs'\\]"),
+        ({"cuda": {"graphs": True}}, "unknown serving.yaml key 'cuda.graphs': did you mean cuda.cuda_graph\\?"),
         ({"cuda": {"prefer_nhwc": "yes"}}, "cuda.prefer_nhwc must be true or false, got .yes."),
         ({"decoding": {"processes": -1}}, "decoding.processes must be a whole number"),
-        ({"decoding": {"threads": 2}}, "unknown decoding keys"),
+        (
+            {"decoding": {"threads": 2}},
+            "unknown serving.yaml key 'decoding.threads'; valid keys in decoding: processes",
+        ),
     ]:
         with pytest.raises(serving_config.ConfigError, match=message):
             serving_config.parse({**base, **raw})

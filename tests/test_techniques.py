@@ -46,7 +46,7 @@ def test_kd_loss_equals_a_hand_computation():
 def _checkpoint(tmp_path, name: str, seed: int, labels: list[str], crop: int = 32) -> str:
     """A real (random-weight) checkpoint written the way `fit` writes one."""
     from training import checkpoint as ckpt
-    from training.fit import checkpoint_dict
+    from training.checkpoint import checkpoint_dict
     from training.models import build_model
 
     torch.manual_seed(seed)

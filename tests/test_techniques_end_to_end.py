@@ -67,7 +67,7 @@ def test_distill_errors(trained_digits, low_label, tmp_path, capsys):
         (teacher, ("augment.mixup_p=0.5",), "set augment.cutmix_p and mixup_p"),
         ((*teacher, "--unlabeled", tmp_path / "none"), (), "unlabelled image folder not found"),
         (("--teacher", tmp_path / "missing.pt"), (), "missing.pt"),
-        (teacher, ("distill.alpha=1.5",), "distill.alpha must be between 0 and 1"),
+        (teacher, ("distill.alpha=1.5",), "distill.alpha must be a number from 0 to 1, got 1.5"),
     ]:
         assert message in _error_of(capsys, *base, *flags, "--set", *_folder(low_label), *sets)
 

@@ -42,8 +42,7 @@ def member_config(config: dict[str, Any], index: int) -> dict[str, Any]:
     variants = config["bag"]["variants"]
     for key, value in (variants[index % len(variants)] if variants else {}).items():
         set_key(cfg, key, value)
-    validate(cfg)
-    return cfg
+    return validate(cfg)
 
 
 def member_probabilities(paths: list[Path], data_cfg: dict[str, Any], device: torch.device) -> tuple:

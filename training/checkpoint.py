@@ -1,18 +1,28 @@
-"""Checkpoints: plain dicts of tensors and builtins, loadable with `torch.load(weights_only=True)`."""
+"""Checkpoints: plain dicts of tensors and builtins, loadable with `torch.load(weights_only=True)`.
+
+The format (docs/contract.md, "The checkpoint") is built and read here: `checkpoint_dict` is best.pt, and
+`with_training_state` adds what last.pt needs to resume, which `restore` puts back.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torchvision
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from training.ema import EMA
 
 # what `load` reads; a checkpoint written by a newer version of this code is refused rather than misread
 # (a file without the key predates it and is version 1)
@@ -28,6 +38,52 @@ def versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
+
+
+def checkpoint_dict(
+    model: nn.Module, ema: EMA | None, labels: list[str], preprocess: dict, config: dict, metrics: dict
+) -> dict[str, Any]:
+    """The checkpoint (docs/contract.md, "The checkpoint"): weights plus what export and evaluate rebuild it from."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": config["model"]["arch"],
+        "num_classes": len(labels),
+        "labels": list(labels),
+        "preprocess": dict(preprocess),
+        "config": copy.deepcopy(config),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()} if ema else None,
+        # which weights the run selected its best epoch by; export and evaluate use these
+        "selected_weights": "ema" if ema else "model",
+        "metrics": metrics,
+        "versions": versions(),
+    }
+
+
+def with_training_state(
+    checkpoint: dict[str, Any], optimizer, scheduler, scaler, ema: EMA | None, epoch: int, history: list, best: tuple
+) -> dict[str, Any]:
+    """`checkpoint` plus what `--resume` continues from (last.pt): optimizer, scheduler, scaler, EMA updates,
+    epoch, history, the best score so far and every random generator."""
+    checkpoint.update(
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+        ema_updates=ema.updates if ema else 0, epoch=epoch, history=history, best=list(best), rng=rng_state(),
+    )  # fmt: skip
+    return checkpoint
+
+
+def restore(
+    state: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema: EMA | None
+) -> tuple[list, tuple, int]:
+    """Put a last.pt back into the objects training goes on with; (history, best score, first epoch to run)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"], state["ema_updates"])
+    set_rng_state(state["rng"])
+    return state["history"], tuple(state["best"]), state["epoch"] + 1
 
 
 def save(checkpoint: dict[str, Any], path: str | Path) -> None:

@@ -57,26 +57,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def checkpoint_dict(
-    model: nn.Module, ema: EMA | None, labels: list[str], preprocess: dict, config: dict, metrics: dict
-) -> dict[str, Any]:
-    """The checkpoint (docs/contract.md, "The checkpoint"): weights plus what export and evaluate rebuild it from."""
-    return {
-        "format_version": ckpt.FORMAT_VERSION,
-        "arch": config["model"]["arch"],
-        "num_classes": len(labels),
-        "labels": list(labels),
-        "preprocess": dict(preprocess),
-        "config": copy.deepcopy(config),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()} if ema else None,
-        # which weights the run selected its best epoch by; export and evaluate use these
-        "selected_weights": "ema" if ema else "model",
-        "metrics": metrics,
-        "versions": ckpt.versions(),
-    }
-
-
 def _write_metrics(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, METRIC_COLUMNS)
@@ -156,18 +136,11 @@ def fit(
     best: tuple[float, float] = (-1.0, 0.0)  # (accuracy, -loss) of the selected weights
     start_epoch = 1
     if resume:
-        state = ckpt.load(out / "last.pt")
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"], state["ema_updates"])
-        history, best = state["history"], tuple(state["best"])
-        start_epoch = state["epoch"] + 1
-        ckpt.set_rng_state(state["rng"])
+        history, best, start_epoch = ckpt.restore(
+            ckpt.load(out / "last.pt"), raw_model, optimizer, scheduler, scaler, ema
+        )
         if show:
-            log.info(f"resumed {out / 'last.pt'} at epoch {state['epoch']}")
+            log.info(f"resumed {out / 'last.pt'} at epoch {start_epoch - 1}")
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config["optim"]["label_smoothing"])
     train_state = TrainState(
@@ -205,16 +178,15 @@ def fit(
             if score > best:
                 best = score
                 metrics = {"best_epoch": epoch, "val_acc": selected["acc"], "val_loss": selected["loss"]}
-                ckpt.save(checkpoint_dict(raw_model, ema, labels, preprocess, config, metrics), out / "best.pt")
-            last = checkpoint_dict(raw_model, ema, labels, preprocess, config, {"val_acc": selected["acc"]})
-            last.update(
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                ema_updates=ema.updates if ema else 0, epoch=epoch, history=history, best=list(best),
-                rng=ckpt.rng_state(),
-            )  # fmt: skip
-            ckpt.save(last, out / "last.pt")
+                best_pt = ckpt.checkpoint_dict(raw_model, ema, labels, preprocess, config, metrics)
+                ckpt.save(best_pt, out / "best.pt")
+            last = ckpt.checkpoint_dict(raw_model, ema, labels, preprocess, config, {"val_acc": selected["acc"]})
+            ckpt.save(
+                ckpt.with_training_state(last, optimizer, scheduler, scaler, ema, epoch, history, best), out / "last.pt"
+            )
             _write_metrics(history, out / "metrics.csv")
-            # matplotlib costs ~0.3 s a figure: long runs refresh the picture about 50 times, and at the end
+            # drawing a figure costs more than a small epoch (measured: bench/README.md, 'Training throughput'):
+            # long runs refresh the picture about 50 times, and at the end
             if epoch % max(1, train_cfg["epochs"] // 50) == 0 or epoch == train_cfg["epochs"]:
                 plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
             if show:
