@@ -15,7 +15,7 @@ says why both default to open).
 Keys are compared as SHA-256 digests with `hmac.compare_digest` against every key, so neither the time taken nor
 an early exit tells a guess's length or which key came close. No key is logged or echoed: a refusal names only
 which header to send. The file is stat()ed on each protected request (with the digests, a small part of a
-request's cost: bench/README.md, 'Against FastAPI and LitServe on the CPU') and read again when its inode, size,
+request's cost: docs/serving.md, 'API keys') and read again when its inode, size,
 mtime or ctime changes: Kubernetes updates a mounted Secret by swapping a symlink to a new file (not with a
 subPath mount, which it never updates). A file that is missing, unreadable or empty after start-up lets no key
 in until it is fixed (a WARNING line says so); at start-up `bentoml serve` refuses it with one line.

@@ -14,7 +14,7 @@ with this project's metadata in a format this code reads, classifying one black 
 probabilities as it has labels (a corrupt graph used to restart its worker again and again, a traceback each
 time). That runs in a child process, so the sessions are released when it ends instead of staying in the
 `bentoml serve` process for the life of the server; the child's time, most of it its start and imports, is paid
-once at start-up (measured: bench/README.md, 'Serving load'):
+once at start-up (measured: docs/serving.md, 'Serving'):
 
     python -m service.stored cpu '{"digits-resnet18:abc": "/path/to/model.onnx"}'   # {"device", "graphs"} as JSON
 

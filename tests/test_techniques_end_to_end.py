@@ -119,7 +119,7 @@ def test_self_train_errors(low_label, tmp_path, capsys):
         (("--unlabeled", low_label / "unlabeled", "--set", *_folder(low_label), "model.arch=resnet34",
           "self_train.student_archs=[resnet18]"), "smaller than its teacher"),
         (("--unlabeled", low_label / "unlabeled", "--set", *_folder(low_label), "self_train.threshold=1.5"),
-         "self_train.threshold must be in [0, 1)"),
+         "self_train.threshold must be a number of at least 0 and less than 1"),
     ]:  # fmt: skip
         assert message in _error_of(capsys, *base, *args)
     assert not (tmp_path / "run" / "iter0").exists()  # refused before any training

@@ -185,7 +185,7 @@ def fit(
                 ckpt.with_training_state(last, optimizer, scheduler, scaler, ema, epoch, history, best), out / "last.pt"
             )
             _write_metrics(history, out / "metrics.csv")
-            # drawing a figure costs more than a small epoch (measured: bench/README.md, 'Training throughput'):
+            # drawing a figure with matplotlib costs more than a small epoch:
             # long runs refresh the picture about 50 times, and at the end
             if epoch % max(1, train_cfg["epochs"] // 50) == 0 or epoch == train_cfg["epochs"]:
                 plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
