@@ -36,9 +36,27 @@ CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 class Limits(_Section):
+    """What one request, and one worker, may cost (service/bodies.py, service/budget.py).
+
+    max_body_bytes: a request body's bytes; by default what the image limits allow (max_images_per_request images
+    of max_image_bytes) plus 1 MiB for the other fields and the parts' headers. max_json_bytes: a JSON body (it
+    carries no image). decode_budget_bytes: the bytes of decoded pixels and their intermediates that a worker holds
+    in flight at once; an image that would exceed it waits up to decode_wait_ms for others to finish (then 503),
+    and an image that alone exceeds it is refused (413)."""
+
     max_images_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_body_bytes: int | None = Field(None, ge=1, description="a whole number of at least 1 (default: derived)")
+    max_json_bytes: int = Field(1024 * 1024, ge=1)
+    decode_budget_bytes: int = Field(768 * 1024 * 1024, ge=1)
+    decode_wait_ms: int = Field(10_000, ge=0)
+
+    def body_bytes(self) -> int:
+        """The bound on a request body."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_images_per_request * self.max_image_bytes + 1024 * 1024
 
 
 class CudaOptions(_Section):

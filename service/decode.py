@@ -17,21 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from core.images import to_rgb
 from core.preprocess import prepare
 from service.config import Limits
+from service.errors import InputError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
-
-
-class InputError(Exception):
-    """A request the service refuses, with the HTTP status and a message that names the part."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-    def __reduce__(self) -> tuple:
-        # rebuilt with both arguments when it comes back from a decoding process (Exception's default
-        # pickling passes only `args`, the message)
-        return InputError, (self.status, self.message)
 
 
 # A client's value as an error message quotes it: a model or ensemble name, a voting rule, a field name or

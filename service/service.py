@@ -37,10 +37,11 @@ from starlette.responses import JSONResponse
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
-from service import auth, docs_page, packed, port, runtime, stored, timeout
+from service import auth, bodies, docs_page, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
-from service.decode import InputError, decode, decoder_ready, quoted
+from service.decode import decode, decoder_ready, quoted
+from service.errors import InputError
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload, read
 
@@ -176,8 +177,8 @@ REFUSALS = {
     "is not multipart/form-data or JSON, top_k not a whole number of at least 1, an unknown voting rule, an "
     "empty, truncated or corrupt image",
     404: "an unknown model or ensemble",
-    413: "more images than limits.max_images_per_request, or an image over limits.max_image_bytes or "
-    "limits.max_image_pixels",
+    413: "more images than limits.max_images_per_request, an image over limits.max_image_bytes or "
+    "limits.max_image_pixels, a body over limits.max_body_bytes (JSON: limits.max_json_bytes)",
     415: "a part that is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM, MPO), or a body "
     "of another media type than multipart/form-data or JSON",
     500: "an unexpected server error (a bug: the server log has the traceback)",
@@ -189,6 +190,7 @@ ROUTE_STATUSES = {
     "/ensemble": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
     "/models": {
         400: "an unknown field (the route takes none), or a body that is not valid JSON or a valid form",
+        413: "a body over limits.max_json_bytes or limits.max_body_bytes",
         415: "a body of another media type than JSON or a form",
         500: REFUSALS[500],
         504: REFUSALS[504],
@@ -449,4 +451,5 @@ Classifier.__class__ = _DocumentedService
 # the outermost first: a request without a valid key is refused before anything else looks at it
 if CONFIG.auth is not None:
     Classifier.add_asgi_middleware(auth.KeysMiddleware, auth=CONFIG.auth, keys=KEYS)
+Classifier.add_asgi_middleware(bodies.BodiesMiddleware, routes=ROUTES, limits=CONFIG.limits)
 Classifier.add_asgi_middleware(docs_page.PageMiddleware)
