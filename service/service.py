@@ -40,10 +40,12 @@ from core.voting import vote
 from service import auth, bodies, docs_page, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
-from service.decode import decode, decoder_ready, quoted
+from service.budget import Budget
+from service.decode import decoder_ready, quoted
 from service.errors import InputError
+from service.pixels import pixels
 from service.runtime import Graph
-from service.upload import REFUSED, Form, Upload, read
+from service.upload import REFUSED, Form, Upload
 
 # Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
 # `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
@@ -178,11 +180,13 @@ REFUSALS = {
     "empty, truncated or corrupt image",
     404: "an unknown model or ensemble",
     413: "more images than limits.max_images_per_request, an image over limits.max_image_bytes or "
-    "limits.max_image_pixels, a body over limits.max_body_bytes (JSON: limits.max_json_bytes)",
+    "limits.max_image_pixels or whose decoding alone would exceed limits.decode_budget_bytes, a body over "
+    "limits.max_body_bytes (JSON: limits.max_json_bytes)",
     415: "a part that is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM, MPO), or a body "
     "of another media type than multipart/form-data or JSON",
     500: "an unexpected server error (a bug: the server log has the traceback)",
-    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start",
+    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start, or its images "
+    "waited longer than limits.decode_wait_ms for room in the worker's decoding budget",
     504: "not answered within the request timeout (60 s)",
 }
 ROUTE_STATUSES = {
@@ -288,6 +292,7 @@ class Classifier(_StoredModels):
                 observe,
             )
         self.limits = CONFIG.limits
+        self.budget = Budget(CONFIG.limits.decode_budget_bytes, CONFIG.limits.decode_wait_ms)
         self.decoder = _decoding_processes(CONFIG.decode_processes)
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
         # for the life of the process; left in the collector's oldest generation, each full collection
@@ -300,22 +305,7 @@ class Classifier(_StoredModels):
             raise InputError(400, "no images: send one or more files in the multipart field 'images'")
         if len(images) > self.limits.max_images_per_request:
             raise InputError(413, f"{len(images)} images; the limit is {self.limits.max_images_per_request} a request")
-        preprocess = self.preprocess[model]
-        if self.decoder is not None:
-            loop = asyncio.get_running_loop()
-
-            async def in_process(i: int, upload: UploadFile) -> np.ndarray:
-                data = await asyncio.to_thread(read, upload, i, self.limits.max_image_bytes)
-                return await loop.run_in_executor(self.decoder, decode, data, i, self.limits, preprocess)
-
-            return list(await asyncio.gather(*(in_process(i, p) for i, p in enumerate(images))))
-
-        def one(i: int, upload: UploadFile) -> np.ndarray:
-            return decode(read(upload, i, self.limits.max_image_bytes), i, self.limits, preprocess)
-
-        # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
-        # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
-        return list(await asyncio.gather(*(asyncio.to_thread(one, i, p) for i, p in enumerate(images))))
+        return await pixels(images, self.preprocess[model], self.limits, self.budget, self.decoder)
 
     async def _probabilities(self, images: list[UploadFile], models: list[str]) -> list[np.ndarray]:
         """float32 [N, C] per model: the uploads decoded once (members of an ensemble share their input

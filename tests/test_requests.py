@@ -8,6 +8,7 @@ One small digits model (a one-epoch fit: answers, not accuracy, are under test) 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ import bentoml
 import httpx
 import jsonschema
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT, quick_config
 from tests.test_service import serving
@@ -371,6 +373,11 @@ def test_bodies_are_bounded_and_no_client_gets_a_500(server, png, store):
     _raw(server, head, b'{"top_k": ' + b" " * 90, close_after=True)
     ok = httpx.post(f"{server}/classify", files=[file], timeout=30)
     assert ok.status_code == 200, ok.text
+    # four 661-byte PNGs of 200,000 x 1 pixels (each once resized whole to 6,400,000 x 32): answered
+    out = io.BytesIO()
+    Image.new("RGB", (200_000, 1)).save(out, "PNG")
+    thin = httpx.post(f"{server}/classify", files=[("images", ("t.png", out.getvalue(), "image/png"))] * 4, timeout=60)
+    assert thin.status_code == 200 and len(thin.json()) == 4, thin.text
     # logged by the access line at INFO as 499 (a client that closed its request, nginx's status), not as a 500
     log = Path(store["LOG_PATH"]).read_text()
     assert "length=10000) (status=499," in log, log[-3000:]
