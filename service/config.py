@@ -153,6 +153,15 @@ class Observability(_Section):
     tracing: bool = False
 
 
+class Connections(_Section):
+    """service/connections.py. header_timeout_s: a connection must complete its request headers within this long
+    of opening (or of its previous answer). drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503,
+    each answer closing its connection) before it shuts down; 0: shut down at once."""
+
+    header_timeout_s: float = Field(10.0, gt=0)
+    drain_s: float = Field(10.0, ge=0)
+
+
 class Auth(_Section):
     """API keys (service/auth.py). api_keys_file: one key a line, blank lines and `#` comments ignored (a mounted
     Kubernetes Secret is such a file); read when `bentoml serve` starts and again whenever it changes. Every route
@@ -165,7 +174,7 @@ class Auth(_Section):
     protect_docs: bool = False
 
 
-SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability")
+SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability", "connections")
 
 
 def _tag(tag: str) -> str:
@@ -194,6 +203,7 @@ class ServingFile(_Section):
     decoding: Decoding = Decoding()
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
+    connections: Connections = Connections()
     observability: Observability = Observability()
     # None when the file has no auth (a default is never validated); typed Auth, not Auth | None, so that `auth:`
     # left empty is refused rather than serving every route to anyone, and errors name the key inside auth
@@ -235,6 +245,7 @@ class ServingConfig:
     decode_processes: int = 0
     cuda: CudaOptions = field(default_factory=CudaOptions)
     limits: Limits = field(default_factory=Limits)
+    connections: Connections = field(default_factory=Connections)
     observability: Observability = field(default_factory=Observability)
     auth: Auth | None = None  # None: every route open
 
@@ -353,6 +364,7 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         decode_processes=file.decoding.processes,
         cuda=file.cuda,
         limits=file.limits,
+        connections=file.connections,
         observability=file.observability,
         auth=file.auth,
     )

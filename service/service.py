@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
-from service import auth, bodies, docs_page, packed, port, runtime, stored, timeout
+from service import auth, bodies, connections, docs_page, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
 from service.budget import Budget
@@ -66,6 +66,7 @@ if COMMAND is not None:
     port.check()
     if COMMAND[0] == "serve":
         stored.install()  # a worker that still cannot start stops the server, rather than restarting for ever
+connections.install(CONFIG.connections.header_timeout_s, CONFIG.connections.drain_s)
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -438,7 +439,9 @@ class _DocumentedService(type(Classifier)):
 
 
 Classifier.__class__ = _DocumentedService
-# the outermost first: a request without a valid key is refused before anything else looks at it
+# the outermost first: a request without a valid key is refused before anything else looks at it (a stopping
+# worker's /readyz, which needs no key, before that)
+Classifier.add_asgi_middleware(connections.DrainMiddleware)
 if CONFIG.auth is not None:
     Classifier.add_asgi_middleware(auth.KeysMiddleware, auth=CONFIG.auth, keys=KEYS)
 Classifier.add_asgi_middleware(bodies.BodiesMiddleware, routes=ROUTES, limits=CONFIG.limits)

@@ -11,10 +11,12 @@ import asyncio
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,6 +40,7 @@ ensembles:
   default: {members: [digits-small], voting: soft}
 batching: {max_batch_size: 16, max_latency_ms: 5000}
 limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000}
+connections: {header_timeout_s: 2, drain_s: 20}
 """
 HINT = "curl -F images=@digit.png"
 ANSWERS: list[
@@ -382,3 +385,50 @@ def test_bodies_are_bounded_and_no_client_gets_a_500(server, png, store):
     log = Path(store["LOG_PATH"]).read_text()
     assert "length=10000) (status=499," in log, log[-3000:]
     assert "Traceback" not in log and "[ERROR]" not in log and "status=500" not in log, log[-4000:]
+
+
+def test_a_connection_that_sends_nothing_useful_is_closed(server):
+    """Request headers sent a byte every 0.5 s, and a connection that sends nothing: both closed after
+    connections.header_timeout_s (2 s here), long before they finish."""
+    host, port = server.removeprefix("http://").split(":")
+    for trickle in (b"POST /classify HTTP/1.1\r\nHost: x\r\n" * 4, b""):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.settimeout(0.5)
+            closed = False
+            for byte in trickle[:40] or [None] * 40:  # at most 20 s
+                try:
+                    if byte is not None:
+                        sock.sendall(bytes([byte]))
+                    closed = sock.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset or broken pipe: closed as well
+                    closed = True
+                if closed:
+                    break
+            assert closed, f"still open after {len(trickle[:40]) or 40} x 0.5 s"
+
+
+def test_sigterm_drains_instead_of_resetting_kept_alive_connections(store, tmp_path):
+    """On SIGTERM /readyz answers 503 at once, kept-alive connections keep being answered, each answer with
+    Connection: close, and the server exits once no request has come for a second."""
+    env = {**store, "LOG_PATH": str(tmp_path / "log")}
+    out = io.BytesIO()
+    Image.new("RGB", (28, 28), "white").save(out, "PNG")
+    file = [("images", ("d.png", out.getvalue(), "image/png"))]
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, (tmp_path / "log").read_text()[-4000:]
+        with httpx.Client(timeout=30) as client:  # one kept-alive connection
+            assert client.post(f"{url}/classify", files=file).headers.get("connection") != "close"
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+            answers = []
+            for _ in range(5):
+                answers.append(client.post(f"{url}/classify", files=file))  # a new connection after each close
+                time.sleep(0.1)
+        assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+        assert all(a.headers["connection"] == "close" for a in answers)
+        proc.wait(60)  # quiet for a second: the drain ends, then the server
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
