@@ -14,10 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import threading
 import time
+import typing as t
 
 from service.errors import InputError
+
+# glibc keeps freed memory in its arenas (a decoding thread's arena, or the heap, once its dynamic mmap threshold
+# has grown past Pillow's 16 MB blocks), so a worker's RSS stayed at its peak after a large image; malloc_trim
+# gives it back. Only after a large image: a trim walks the arenas.
+TRIM_OVER = 64 * 2**20
+try:
+    _malloc_trim: t.Callable[[int], int] | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _malloc_trim = None
 
 
 class Budget:
@@ -45,6 +57,8 @@ class Budget:
     def give_back(self, cost: int) -> None:
         with self._lock:
             self.used -= cost
+        if cost > TRIM_OVER and _malloc_trim is not None:
+            _malloc_trim(0)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake)
 

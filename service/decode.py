@@ -100,7 +100,9 @@ def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
     resized = crop * crop if boxed(width, height, preprocess) else max(w, crop) * max(h, crop)
     # Pillow resizes in two passes: the first keeps every source row (or the box's rows)
     first_pass = (crop if boxed(width, height, preprocess) else w) * height
-    return pixels * (decoded + converting + 3) + 3 * (resized + first_pass)
+    # Pillow's WebP plugin has libwebp decode into a buffer of its own, then copies it into the image
+    buffered = 4 if image.format == "WEBP" else 0
+    return pixels * (decoded + converting + 3 + buffered) + 3 * (resized + first_pass)
 
 
 def decoding_cost(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:
