@@ -54,10 +54,11 @@ class Budget:
             self.used += cost
             return True
 
-    def give_back(self, cost: int) -> None:
+    def give_back(self, cost: int, trim: bool = True) -> None:
+        """Free `cost` bytes; `trim`: this process held them (not a decoding process)."""
         with self._lock:
             self.used -= cost
-        if cost > TRIM_OVER and _malloc_trim is not None:
+        if trim and cost > TRIM_OVER and _malloc_trim is not None:
             _malloc_trim(0)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake)

@@ -53,7 +53,7 @@ async def pixels(
                 return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
             return await asyncio.to_thread(decode, data, i, limits, preprocess)
         finally:
-            budget.give_back(cost)
+            budget.give_back(cost, trim=decoder is None)
 
     # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
     # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
