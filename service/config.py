@@ -33,9 +33,27 @@ CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 class Limits(_Section):
+    """What one request, and one worker, may cost (service/bodies.py, service/budget.py).
+
+    max_body_bytes: a request body's bytes; by default what the image limits allow (max_images_per_request images
+    of max_image_bytes) plus 1 MiB for the other fields and the parts' headers. max_json_bytes: a JSON body (it
+    carries no image). decode_budget_bytes: the bytes of decoded pixels and their intermediates that a worker holds
+    in flight at once; an image that would exceed it waits up to decode_wait_ms for others to finish (then 503),
+    and an image that alone exceeds it is refused (413)."""
+
     max_images_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_body_bytes: int | None = Field(None, ge=1, description="a whole number of at least 1 (default: derived)")
+    max_json_bytes: int = Field(1024 * 1024, ge=1)
+    decode_budget_bytes: int = Field(768 * 1024 * 1024, ge=1)
+    decode_wait_ms: int = Field(10_000, ge=0)
+
+    def body_bytes(self) -> int:
+        """The bound on a request body."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_images_per_request * self.max_image_bytes + 1024 * 1024
 
 
 class CudaOptions(_Section):
@@ -132,6 +150,15 @@ class Observability(_Section):
     tracing: bool = False
 
 
+class Connections(_Section):
+    """service/connections.py. header_timeout_s: a connection must complete its request headers within this long
+    of opening (or of its previous answer). drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503,
+    each answer closing its connection) before it shuts down; 0: shut down at once."""
+
+    header_timeout_s: float = Field(10.0, gt=0)
+    drain_s: float = Field(10.0, ge=0)
+
+
 class Auth(_Section):
     """API keys (service/auth.py). api_keys_file: one key a line, blank lines and `#` comments ignored (a mounted
     Kubernetes Secret is such a file); read when `bentoml serve` starts and again whenever it changes. Every route
@@ -146,7 +173,7 @@ class Auth(_Section):
     protect_docs: bool = False
 
 
-SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability")
+SECTIONS = ("ensembles", "batching", "limits", "decoding", "cuda", "observability", "connections")
 
 
 def _tag(tag: str) -> str:
@@ -175,6 +202,7 @@ class ServingFile(_Section):
     decoding: Decoding = Decoding()
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
+    connections: Connections = Connections()
     observability: Observability = Observability()
     # None when the file has no auth (a default is never validated); typed Auth, not Auth | None, so that `auth:`
     # left empty is refused rather than serving every route to anyone, and errors name the key inside auth
@@ -237,6 +265,7 @@ class ServingConfig:
     decode_processes: int = 0
     cuda: CudaOptions = field(default_factory=CudaOptions)
     limits: Limits = field(default_factory=Limits)
+    connections: Connections = field(default_factory=Connections)
     observability: Observability = field(default_factory=Observability)
     auth: Auth | None = None  # None: every route open
     gpus: list[int] | str | None = None  # "all", GPU ids, or None: no per-worker GPU (service/gpus.py)
@@ -290,6 +319,7 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
         decode_processes=file.decoding.processes,
         cuda=file.cuda,
         limits=file.limits,
+        connections=file.connections,
         observability=file.observability,
         auth=file.auth,
         gpus=file.gpus,

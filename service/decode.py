@@ -15,23 +15,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.images import to_rgb
-from core.preprocess import prepare
+from core.preprocess import boxed, draft_request, prepare, resized_size
 from service.config import Limits
+from service.errors import InputError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
-
-
-class InputError(Exception):
-    """A request the service refuses, with the HTTP status and a message that names the part."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-    def __reduce__(self) -> tuple:
-        # rebuilt with both arguments when it comes back from a decoding process (Exception's default
-        # pickling passes only `args`, the message)
-        return InputError, (self.status, self.message)
 
 
 # A client's value as an error message quotes it: a model or ensemble name, a voting rule, a field name or
@@ -59,10 +47,18 @@ def decoder_ready() -> int:
     return os.getpid()
 
 
-def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
-    """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
-    model's own eval resize + center crop."""
-    part = f"image {index}"
+# bytes a pixel takes in each mode PIL decodes to ("1" is stored a byte a pixel)
+MODE_BYTES = {
+    **dict.fromkeys(("1", "L", "P"), 1),
+    **dict.fromkeys(("LA", "PA", "La", "I;16", "I;16B", "I;16L", "I;16N"), 2),
+    **dict.fromkeys(("RGB", "YCbCr", "LAB", "HSV"), 3),
+    **dict.fromkeys(("RGBA", "RGBa", "RGBX", "CMYK", "I", "F"), 4),
+}
+
+
+def _opened(data: bytes, part: str, limits: Limits, preprocess: dict[str, Any]) -> Image.Image:
+    """The image in `data`, its header read and checked, in JPEG's draft mode where the answer allows
+    (core/preprocess.py, `draft_request`): nothing is decoded yet."""
     if not data:
         raise InputError(400, f"{part} is empty")
     if len(data) > limits.max_image_bytes:
@@ -75,14 +71,51 @@ def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, 
         raise InputError(
             415, f"{part} is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    with image:
-        if image.format not in SUPPORTED_FORMATS:
-            raise InputError(415, f"{part} is {image.format}, not a supported format ({', '.join(SUPPORTED_FORMATS)})")
-        width, height = image.size
-        if width * height > limits.max_image_pixels:
-            raise InputError(
-                413, f"{part} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}"
-            )
+    if image.format not in SUPPORTED_FORMATS:
+        image.close()
+        raise InputError(415, f"{part} is {image.format}, not a supported format ({', '.join(SUPPORTED_FORMATS)})")
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        image.close()
+        raise InputError(
+            413, f"{part} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}"
+        )
+    request = draft_request(width, height, int(preprocess["resize_size"]))
+    if request is not None and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", request)
+    return image
+
+
+def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
+    """The most bytes decoding `image` holds at once, from its header: the decoded pixels, the copies that
+    converting them to 8-bit RGB makes, and the resized image `prepare` makes before cropping."""
+    width, height = image.size
+    pixels = width * height
+    decoded = MODE_BYTES.get(image.mode, 4)
+    # 16-bit: a 4-byte working copy and the 8-bit result (core/images.py); other modes: the RGB conversion and,
+    # for a rotated JPEG, the rotated copy
+    converting = 5 if image.mode.startswith("I") else decoded
+    w, h = resized_size(width, height, int(preprocess["resize_size"]))
+    crop = int(preprocess["crop_size"])
+    resized = crop * crop if boxed(width, height, preprocess) else max(w, crop) * max(h, crop)
+    # Pillow resizes in two passes: the first keeps every source row (or the box's rows)
+    first_pass = (crop if boxed(width, height, preprocess) else w) * height
+    # Pillow's WebP plugin has libwebp decode into a buffer of its own, then copies it into the image
+    buffered = 4 if image.format == "WEBP" else 0
+    return pixels * (decoded + converting + 3 + buffered) + 3 * (resized + first_pass)
+
+
+def decoding_cost(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:
+    """`cost_of` the upload, from its header; raises the InputError that `decode` would for a bad header."""
+    with _opened(data, f"image {index}", limits, preprocess) as image:
+        return cost_of(image, preprocess)
+
+
+def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
+    """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
+    model's own eval resize + center crop."""
+    part = f"image {index}"
+    with _opened(data, part, limits, preprocess) as image:
         try:
             image.load()
             rgb = to_rgb(image)

@@ -38,12 +38,15 @@ from starlette.responses import JSONResponse
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
-from service import auth, docs_page, gpus, packed, port, runtime, stored, timeout
+from service import auth, bodies, connections, docs_page, gpus, packed, port, runtime, stored, timeout
 from service import config as serving_config
 from service.batcher import Batcher, Overloaded
-from service.decode import InputError, decode, decoder_ready, quoted
+from service.budget import Budget
+from service.decode import decoder_ready, quoted
+from service.errors import InputError
+from service.pixels import pixels
 from service.runtime import Graph
-from service.upload import REFUSED, Form, Upload, read
+from service.upload import REFUSED, Form, Upload
 
 # Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
 # `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
@@ -71,6 +74,7 @@ GPUS = gpus.ids_or_exit(CONFIG) if SERVING_HERE else None
 WORKERS = gpus.workers(CONFIG, GPUS)
 if GPUS and COMMAND is not None:
     gpus.leave_allocation_to_workers()
+connections.install(CONFIG.connections.header_timeout_s, CONFIG.connections.drain_s)
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
@@ -184,12 +188,14 @@ REFUSALS = {
     "is not multipart/form-data or JSON, top_k not a whole number of at least 1, an unknown voting rule, an "
     "empty, truncated or corrupt image",
     404: "an unknown model or ensemble",
-    413: "more images than limits.max_images_per_request, or an image over limits.max_image_bytes or "
-    "limits.max_image_pixels",
+    413: "more images than limits.max_images_per_request, an image over limits.max_image_bytes or "
+    "limits.max_image_pixels or whose decoding alone would exceed limits.decode_budget_bytes, a body over "
+    "limits.max_body_bytes (JSON: limits.max_json_bytes)",
     415: "a part that is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM, MPO), or a body "
     "of another media type than multipart/form-data or JSON",
     500: "an unexpected server error (a bug: the server log has the traceback)",
-    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start",
+    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start, or its images "
+    "waited longer than limits.decode_wait_ms for room in the worker's decoding budget",
     504: "not answered within the request timeout (60 s)",
 }
 ROUTE_STATUSES = {
@@ -197,6 +203,7 @@ ROUTE_STATUSES = {
     "/ensemble": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
     "/models": {
         400: "an unknown field (the route takes none), or a body that is not valid JSON or a valid form",
+        413: "a body over limits.max_json_bytes or limits.max_body_bytes",
         415: "a body of another media type than JSON or a form",
         500: REFUSALS[500],
         504: REFUSALS[504],
@@ -296,6 +303,7 @@ class Classifier(_StoredModels):
                 observe,
             )
         self.limits = CONFIG.limits
+        self.budget = Budget(CONFIG.limits.decode_budget_bytes, CONFIG.limits.decode_wait_ms)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
         self.decoder = _decoding_processes(processes)
         if GPUS:  # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
@@ -312,22 +320,7 @@ class Classifier(_StoredModels):
             raise InputError(400, "no images: send one or more files in the multipart field 'images'")
         if len(images) > self.limits.max_images_per_request:
             raise InputError(413, f"{len(images)} images; the limit is {self.limits.max_images_per_request} a request")
-        preprocess = self.preprocess[model]
-        if self.decoder is not None:
-            loop = asyncio.get_running_loop()
-
-            async def in_process(i: int, upload: UploadFile) -> np.ndarray:
-                data = await asyncio.to_thread(read, upload, i, self.limits.max_image_bytes)
-                return await loop.run_in_executor(self.decoder, decode, data, i, self.limits, preprocess)
-
-            return list(await asyncio.gather(*(in_process(i, p) for i, p in enumerate(images))))
-
-        def one(i: int, upload: UploadFile) -> np.ndarray:
-            return decode(read(upload, i, self.limits.max_image_bytes), i, self.limits, preprocess)
-
-        # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
-        # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
-        return list(await asyncio.gather(*(asyncio.to_thread(one, i, p) for i, p in enumerate(images))))
+        return await pixels(images, self.preprocess[model], self.limits, self.budget, self.decoder)
 
     async def _probabilities(self, images: list[UploadFile], models: list[str]) -> list[np.ndarray]:
         """float32 [N, C] per model: the uploads decoded once (members of an ensemble share their input
@@ -460,7 +453,10 @@ class _DocumentedService(type(Classifier)):
 
 
 Classifier.__class__ = _DocumentedService
-# the outermost first: a request without a valid key is refused before anything else looks at it
+# the outermost first: a request without a valid key is refused before anything else looks at it (a stopping
+# worker's /readyz, which needs no key, before that)
+Classifier.add_asgi_middleware(connections.DrainMiddleware)
 if CONFIG.auth is not None:
     Classifier.add_asgi_middleware(auth.KeysMiddleware, auth=CONFIG.auth, keys=KEYS)
+Classifier.add_asgi_middleware(bodies.BodiesMiddleware, routes=ROUTES, limits=CONFIG.limits)
 Classifier.add_asgi_middleware(docs_page.PageMiddleware)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import pathlib
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +34,12 @@ from _bentoml_sdk.io_models import IODescriptor
 from pydantic import ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
 from pydantic_core import core_schema
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service import patches
-from service.decode import InputError, listed, quoted
+from service.bodies import TOO_LARGE, parse_json
+from service.decode import listed, quoted
+from service.errors import InputError
 
 
 class Upload(pathlib.PurePosixPath):
@@ -119,7 +120,7 @@ def _plain(value: str, annotation: t.Any) -> t.Any:
     """A form value as BentoML's multipart parser reads one (its client sends `json.dumps(value)`): JSON where
     it parses, else the text itself; a text field keeps its text ("1" stays "1")."""
     try:
-        parsed = json.loads(value)
+        parsed = parse_json(value, "a form value")
     except ValueError:
         return value
     return value if annotation is str and not isinstance(parsed, str) else parsed
@@ -136,6 +137,8 @@ async def _fields(cls: type[IODescriptor], request: Request) -> dict[str, t.Any]
     if media_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form()
+        except ClientDisconnect:
+            raise _cut_short(request) from None
         except Exception as e:  # noqa: BLE001 - Starlette's HTTPException(400) and the multipart parser's errors
             raise InputError(400, f"the body is not valid {media_type}: {getattr(e, 'detail', e)}") from None
         files = {k for k, v in form.multi_items() if not isinstance(v, str)}
@@ -156,9 +159,13 @@ async def _fields(cls: type[IODescriptor], request: Request) -> dict[str, t.Any]
                 data[name] = _plain(values[0], cls.model_fields[name].annotation)
         return data
     if media_type in ("", "application/json"):
-        body = await request.body()
         try:
-            data = json.loads(body) if body.strip() else {}
+            body = await request.body()
+        except ClientDisconnect:
+            raise _cut_short(request) from None
+        try:
+            # off the event loop: a body of max_json_bytes takes a while to parse
+            data = await asyncio.to_thread(parse_json, body, "the JSON body") if body.strip() else {}
         except ValueError:
             raise InputError(400, f"the body is not valid JSON; send multipart/form-data ({FILE_HINT})") from None
         if not isinstance(data, dict):
@@ -170,6 +177,19 @@ async def _fields(cls: type[IODescriptor], request: Request) -> dict[str, t.Any]
         return data
     send = f"send multipart/form-data ({FILE_HINT}); {_accepted(cls, path)}"
     raise InputError(415, f"unsupported body type {quoted(media_type)}: {send}")
+
+
+# the status logged for a request whose client left before its body ended (nginx's "client closed request");
+# nobody reads the answer
+DISCONNECTED = 499
+
+
+def _cut_short(request: Request) -> InputError:
+    """The refusal of a body that ended early: past the bound (service/bodies.py), or the client left."""
+    bound = request.scope.get(TOO_LARGE)
+    if bound is not None:
+        return InputError(413, f"the body is over {bound} bytes, the limit (limits.max_body_bytes, max_json_bytes)")
+    return InputError(DISCONNECTED, "the client disconnected before the end of the body")
 
 
 def _invalid(cls: type[IODescriptor], error: ValidationError) -> InputError:

@@ -8,11 +8,15 @@ One small digits model (a one-epoch fit: answers, not accuracy, are under test) 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import bentoml
 import httpx
 import jsonschema
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT, quick_config
 from tests.test_service import serving
@@ -35,6 +40,7 @@ ensembles:
   default: {members: [digits-small], voting: soft}
 batching: {max_batch_size: 16, max_latency_ms: 5000}
 limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000}
+connections: {header_timeout_s: 2, drain_s: 20}
 """
 HINT = "curl -F images=@digit.png"
 ANSWERS: list[
@@ -279,6 +285,7 @@ def test_every_answer_fits_the_openapi_document(server, png):
         ("/models", {}),
         ("/models", {"content": b"hello", "headers": {"content-type": "text/plain"}}),
         ("/models", {"content": b"{", "headers": {"content-type": "application/json"}}),
+        ("/models", {"content": b" " * (1024 * 1024 + 1), "headers": {"content-type": "application/json"}}),
         ("/ensemble", {"files": [("images", ("x.gif", b"GIF89a", "image/gif"))]}),
         ("/ensemble", {"files": [file] * 5}),
         ("/ensemble", {"files": [file], "data": {"ensemble": "nope"}}),
@@ -308,3 +315,120 @@ def test_every_answer_fits_the_openapi_document(server, png):
     with pytest.raises(jsonschema.ValidationError):  # BentoML's own error bodies do not fit it
         jsonschema.validate({"error": "1 validation error", "detail": [{"loc": ["top_k"]}]}, error)
     assert not {"InvalidArgument", "NotFound", "InternalServerError"} & set(document["components"]["schemas"])
+
+
+def _raw(server: str, request: bytes, then: bytes = b"", close_after: bool = False) -> bytes:
+    """Send `request` (and `then`) on a socket of its own; the bytes answered until the server closes or 30 s pass;
+    with `close_after`, hang up without reading (a client that leaves mid-body)."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request + then)
+        if close_after:
+            return b""
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_bodies_are_bounded_and_no_client_gets_a_500(server, png, store):
+    """Each body a hostile client can send is refused in the service's error body, never with a 500 or a traceback:
+    a declared length over the bound (before any of it is read), a chunked body past it, a JSON body over
+    max_json_bytes, JSON and form values nested 1,000 deep, BentoML's pickle body type, another method than POST,
+    and a client that hangs up in the middle of its body."""
+    file = ("images", ("digit.png", png, "image/png"))
+    bound = 4 * 100_000 + 1024 * 1024  # the SERVING limits: 4 images of 100,000 bytes, and 1 MiB for the rest
+    # a Content-Length over the bound: answered from the headers, though not one byte of the body was sent
+    head = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {bound + 1}\r\n\r\n").encode()  # fmt: skip
+    answer = _raw(server, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert f"the body is {bound + 1} bytes; the limit is {bound}".encode() in answer, answer
+    # the same body sent chunked (no length): counted as it streams
+    part = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    chunks = iter([part, *(b"x" * 65536 for _ in range(bound // 65536 + 2))])
+    streamed = httpx.post(f"{server}/classify", content=chunks, timeout=60,
+                          headers={"content-type": "multipart/form-data; boundary=b"})  # fmt: skip
+    assert streamed.status_code == 413 and f"over {bound} bytes" in error_of(streamed), streamed.text
+    big_json = json.dumps({"model": "x" * (1024 * 1024)})
+    refused = httpx.post(f"{server}/models", content=big_json, headers={"content-type": "application/json"})
+    assert refused.status_code == 413 and "limit is 1048576" in error_of(refused), refused.text
+    deep = "[" * 1000 + "]" * 1000
+    cases = [
+        ({"content": f'{{"top_k": {deep}}}', "headers": {"content-type": "application/json"}}, 400,
+         "the JSON body nests 1001 levels deep; the limit is 32"),
+        ({"files": [file], "data": {"top_k": deep}}, 400, "a form value nests 1000 levels deep"),
+        ({"content": b"\x80\x04K\x01.", "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 415,
+         "unsupported body type 'application/vnd.bentoml+pickle'"),
+    ]  # fmt: skip
+    for kwargs, status, part in cases:
+        response = httpx.post(f"{server}/classify", timeout=30, **kwargs)
+        assert response.status_code == status and part in error_of(response), (part, response.text)
+    for route in ("classify", "ensemble", "models"):
+        got = httpx.get(f"{server}/{route}", timeout=30)
+        assert got.status_code == 405 and got.headers["allow"] == "POST", got.headers
+        assert error_of(got) == f"/{route} takes POST, not GET"
+    # a client that leaves after 100 of 10,000 bytes of its JSON body
+    head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n"
+    _raw(server, head, b'{"top_k": ' + b" " * 90, close_after=True)
+    ok = httpx.post(f"{server}/classify", files=[file], timeout=30)
+    assert ok.status_code == 200, ok.text
+    # four 661-byte PNGs of 200,000 x 1 pixels (each once resized whole to 6,400,000 x 32): answered
+    out = io.BytesIO()
+    Image.new("RGB", (200_000, 1)).save(out, "PNG")
+    thin = httpx.post(f"{server}/classify", files=[("images", ("t.png", out.getvalue(), "image/png"))] * 4, timeout=60)
+    assert thin.status_code == 200 and len(thin.json()) == 4, thin.text
+    # logged by the access line at INFO as 499 (a client that closed its request, nginx's status), not as a 500
+    log = Path(store["LOG_PATH"]).read_text()
+    assert "length=10000) (status=499," in log, log[-3000:]
+    assert "Traceback" not in log and "[ERROR]" not in log and "status=500" not in log, log[-4000:]
+
+
+def test_a_connection_that_sends_nothing_useful_is_closed(server):
+    """Request headers sent a byte every 0.5 s, and a connection that sends nothing: both closed after
+    connections.header_timeout_s (2 s here), long before they finish."""
+    host, port = server.removeprefix("http://").split(":")
+    for trickle in (b"POST /classify HTTP/1.1\r\nHost: x\r\n" * 4, b""):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.settimeout(0.5)
+            closed = False
+            for byte in trickle[:40] or [None] * 40:  # at most 20 s
+                try:
+                    if byte is not None:
+                        sock.sendall(bytes([byte]))
+                    closed = sock.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset or broken pipe: closed as well
+                    closed = True
+                if closed:
+                    break
+            assert closed, f"still open after {len(trickle[:40]) or 40} x 0.5 s"
+
+
+def test_sigterm_drains_instead_of_resetting_kept_alive_connections(store, tmp_path):
+    """On SIGTERM /readyz answers 503 at once, kept-alive connections keep being answered, each answer with
+    Connection: close, and the server exits once no request has come for a second."""
+    env = {**store, "LOG_PATH": str(tmp_path / "log")}
+    out = io.BytesIO()
+    Image.new("RGB", (28, 28), "white").save(out, "PNG")
+    file = [("images", ("d.png", out.getvalue(), "image/png"))]
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, (tmp_path / "log").read_text()[-4000:]
+        with httpx.Client(timeout=30) as client:  # one kept-alive connection
+            assert client.post(f"{url}/classify", files=file).headers.get("connection") != "close"
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+            answers = []
+            for _ in range(5):
+                answers.append(client.post(f"{url}/classify", files=file))  # a new connection after each close
+                time.sleep(0.1)
+        assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+        assert all(a.headers["connection"] == "close" for a in answers)
+        proc.wait(60)  # quiet for a second: the drain ends, then the server
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]

@@ -55,7 +55,8 @@ BAD = [
     (("max_image_bytes: 1000", "max_image_bytes: 10MB"),
      "limits.max_image_bytes must be a whole number of at least 1, got '10MB'"),
     (("limits: {", "limits: [1] #{"),
-     "limits must be a mapping of max_images_per_request, max_image_bytes, max_image_pixels, got [1]"),
+     "limits must be a mapping of max_images_per_request, max_image_bytes, max_image_pixels, max_body_bytes, "
+     "max_json_bytes, decode_budget_bytes, decode_wait_ms, got [1]"),
     # negative and zero sizes
     (("max_images_per_request: 4", "max_images_per_request: -4"),
      "limits.max_images_per_request must be a whole number of at least 1, got -4"),

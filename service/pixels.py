@@ -1,0 +1,60 @@
+"""A request's uploads -> the pixels a graph takes, each image decoded within the worker's budget (service/budget.py).
+
+Each image is read and its header checked in a thread; where the budget has room at once it is decoded in that same
+thread (one hop off the event loop an image, as before the budget existed). Otherwise the event loop waits for room
+and then decodes it, in a thread or in a decoding process (`decoding.processes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+
+from service.budget import Budget
+from service.config import Limits
+from service.decode import decode, decoding_cost
+from service.upload import read
+
+
+async def pixels(
+    images: list[UploadFile],
+    preprocess: dict[str, Any],
+    limits: Limits,
+    budget: Budget,
+    decoder: ProcessPoolExecutor | None,
+) -> list[np.ndarray]:
+    """uint8 [crop, crop, 3] per upload, in order; an InputError for the first image refused."""
+
+    def first(i: int, upload: UploadFile) -> np.ndarray | tuple[bytes, int]:
+        """The pixels, where this thread may decode them now; else the bytes and their cost (from the header)."""
+        data = read(upload, i, limits.max_image_bytes)
+        cost = decoding_cost(data, i, limits, preprocess)
+        budget.check(cost, f"image {i}")
+        if decoder is not None or not budget.take(cost):
+            return data, cost
+        try:
+            return decode(data, i, limits, preprocess)
+        finally:
+            budget.give_back(cost)
+
+    async def one(i: int, upload: UploadFile) -> np.ndarray:
+        got = await asyncio.to_thread(first, i, upload)
+        if isinstance(got, np.ndarray):
+            return got
+        data, cost = got
+        await budget.wait_to_take(cost, f"image {i}")
+        try:
+            if decoder is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
+            return await asyncio.to_thread(decode, data, i, limits, preprocess)
+        finally:
+            budget.give_back(cost, trim=decoder is None)
+
+    # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
+    # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
+    return list(await asyncio.gather(*(one(i, upload) for i, upload in enumerate(images))))
