@@ -135,7 +135,7 @@ class Classifier(_StoredModels):
         cores = len(os.sched_getaffinity(0))
         cpu_threads = max(1, cores // WORKERS) if WORKERS > 1 else 0
         gpu = gpus.of_worker(GPUS, bentoml.server_context.worker_index) if GPUS else 0
-        sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
+        sizes = runtime.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
             # the model store entry's metadata (written by `python -m export --store`) says what it expects
             entry = _stored(i)
