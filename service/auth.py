@@ -31,8 +31,6 @@ import sys
 import typing as t
 from pathlib import Path
 
-from bentoml._internal.service.openapi.specification import MediaType, Reference
-from bentoml._internal.service.openapi.specification import Response as OpenAPIResponse
 from starlette.responses import JSONResponse
 
 from service.config import Auth
@@ -176,25 +174,3 @@ def keys_or_exit(auth: Auth, starting: bool) -> Keys:
             raise SystemExit(2) from None
     keys.refresh()
     return keys
-
-
-def document(spec: t.Any, auth: Auth) -> None:
-    """Declare in an OpenAPI document (BentoML's, edited in place) the two ways to send a key, and the 401 of
-    each route that needs one. Swagger UI then shows an Authorize button whose key it sends with each call."""
-    spec.components["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-    }
-    error = MediaType(schema=Reference("#/components/schemas/Error"))
-    unauthorized = OpenAPIResponse(
-        description=f"no API key, or not one of auth.api_keys_file: {HOW} (WWW-Authenticate: Bearer)",
-        content={"application/json": error},
-    )
-    open_, prefixes = open_paths(auth)
-    for path, item in spec.paths.items():
-        if path in open_ or path.startswith(prefixes):
-            continue
-        for operation in (item.get, item.post, item.put, item.delete, item.patch):
-            if isinstance(operation, dict):
-                operation["security"] = [{"bearer": []}, {"apiKey": []}]
-                operation["responses"][401] = unauthorized

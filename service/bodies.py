@@ -10,6 +10,10 @@ the stream (`http.disconnect`), and `TOO_LARGE` in the request's scope tells it 
 `parse_json` parses a JSON body or form value with its nesting checked first: Python's parser recurses, and a
 value nested about 1,000 deep raised RecursionError (a 500 with a traceback). Bodies are parsed in a thread, so a
 large one does not stall the event loop.
+
+Checked against bentoml 1.4.40 (`api_endpoint` refuses `application/vnd.bentoml+pickle` with an exception). No
+guard: this uses only BentoML's public `add_asgi_middleware`, and refuses every `application/vnd.bentoml` body
+type whatever BentoML does with it (service/patches.py lists it with the other workarounds).
 """
 
 from __future__ import annotations

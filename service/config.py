@@ -281,23 +281,6 @@ def model_name(tag: str) -> str:
     return tag.split(":", 1)[0]
 
 
-def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
-    """The fixed batch sizes of every session call, ascending, or None for "any size".
-
-    "auto" pads only on a GPU: there a session call at a batch size it did not run last pays cuDNN's
-    algorithm choice again (0.7-1 s a call on an H100, bench/README.md), while on the CPU provider a
-    new shape costs nothing and padding would only add work. Powers of two up to max_batch_size keep
-    the padding under half of any call.
-    """
-    sizes = config.batch_sizes
-    if sizes == "none" or (sizes == "auto" and not on_gpu):
-        return None
-    if sizes == "auto":
-        powers = [2**i for i in range(config.max_batch_size.bit_length()) if 2**i < config.max_batch_size]
-        return [*powers, config.max_batch_size]
-    return sorted(sizes)
-
-
 def parse(raw: dict[str, Any]) -> ServingConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {raw!r}")

@@ -14,7 +14,10 @@ own graceful shutdown starts once no request has started for `QUIET_S`, or after
 
 Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
 `uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `handle_events`, `on_response_complete`,
-`loop`, `transport` and `conn` (an h11.Connection). `check()` runs at start-up (service/patches.py).
+`loop`, `transport` and `conn` (an h11.Connection). Checked against bentoml 1.4.40 (its workers run
+`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires
+each of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's
+headers and drains kept-alive connections on SIGTERM.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ limits are checked before decoding, so a decompression bomb is refused from its 
 from __future__ import annotations
 
 import io
+import logging
+import multiprocessing
 import os
 import typing as t
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ from core.preprocess import boxed, draft_request, prepare, resized_size
 from service.config import Limits
 from service.errors import InputError
 
+logger = logging.getLogger("service")
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
 
 
@@ -124,3 +128,17 @@ def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, 
         except (OSError, ValueError, SyntaxError) as e:
             raise InputError(400, f"{part} is truncated or corrupt: {e}") from None
     return prepare(rgb, preprocess)
+
+
+def decoding_processes(processes: int) -> ProcessPoolExecutor | None:
+    """A pool of `processes` decoding processes, all started now (so that /readyz waits for them), or None.
+
+    Spawned, not forked: the serving process already runs threads (the event loop's, ONNX Runtime's),
+    and a fork copies their locks in whatever state they are."""
+    if not processes:
+        return None
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    for future in [pool.submit(decoder_ready) for _ in range(processes)]:
+        future.result()
+    logger.info("decoding in %d processes", processes)
+    return pool

@@ -7,11 +7,13 @@ BentoML 1.4's own assignment does not do this: with `resources={"gpu": N}` and `
 CUDA_VISIBLE_DEVICES, the first N GPUs, for every worker (_bentoml_impl/server/allocator.py, `get_worker_env`),
 and `bentoml serve` passes its workers no per-worker environment (the worker's `--worker-env` is left unset in
 _bentoml_impl/server/serving.py), so every worker would run on GPU 0. What BentoML does give each worker is its
-index (circus's WID, from 1: `bentoml.server_context.worker_index`). So the service still declares
+index (circus's WID, from 1: `bentoml.server_context.worker_index`, public). So the service still declares
 `resources={"gpu": N}` (what a Bento needs, for whoever schedules it), turns BentoML's allocation off with the
 variable its own warning names (BENTOML_DISABLE_GPU_ALLOCATION), so every worker sees the GPUs `bentoml serve`
 sees, and worker i puts its sessions on gpus[(i - 1) % len(gpus)] through the CUDA provider's `device_id`.
-Checked against bentoml 1.4.40; this can go when BentoML assigns GPUs per worker.
+Checked against bentoml 1.4.40 (its `workers` is a number or "cpu_count", never a per-worker setting). Guard:
+`check()` (at import, service/patches.py) requires that variable's name in BentoML's allocator still be the one
+set here. This can go when BentoML assigns GPUs per worker.
 
 With `gpus`, `workers` defaults to one per GPU (more are spread round-robin), and decoding, the CPU's share of
 the work, runs in processes: `decoding.processes` per worker, or the cores divided among the workers.
@@ -23,6 +25,7 @@ import os
 import sys
 
 from core import devices
+from service import patches
 from service.config import ServingConfig, few_workers
 
 DISABLE_ALLOCATION = "BENTOML_DISABLE_GPU_ALLOCATION"  # _bentoml_impl/server/allocator.py, DISABLE_GPU_ALLOCATION_ENV
@@ -82,3 +85,15 @@ def decode_processes(config: ServingConfig, workers: int, cores: int) -> int:
 def leave_allocation_to_workers() -> None:
     """In the `bentoml serve` process, before its workers start: they see every GPU and each picks its own."""
     os.environ[DISABLE_ALLOCATION] = "1"
+
+
+@patches.checks("service/gpus.py")
+def check() -> None:
+    """BentoML's allocator still turns its GPU assignment off with the variable `leave_allocation_to_workers` sets."""
+    from _bentoml_impl.server import allocator
+
+    if allocator.DISABLE_GPU_ALLOCATION_ENV != DISABLE_ALLOCATION:
+        raise patches.mismatch("service/gpus.py", f"the allocator reads {allocator.DISABLE_GPU_ALLOCATION_ENV}")
+
+
+patches.guard(check)

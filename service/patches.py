@@ -1,9 +1,12 @@
-"""Guards for the service's reliance on private BentoML internals (service/timeout.py, service/upload.py).
+"""Every workaround of BentoML (and uvicorn) behaviour in one list, `WORKAROUNDS`, and the guards they share.
 
-Both depend on details of bentoml 1.4 that are not public API and may change in any release. Each
-module has a `check()` that tries the exact behaviour it relies on against the installed bentoml, and
-runs it through `guard()` at start-up: on a mismatch the service stops with one line naming the patch,
-what changed and the bentoml version, instead of serving with a patch that silently does something else.
+Each workaround lives in a module of its own, whose docstring says what BentoML does, why that is wrong for
+this service, which version it was checked against and when it can go. Most rely on details of bentoml 1.4
+that are not public API and may change in any release, so each module has a guard: a `check()` that tries
+the exact behaviour it relies on against the installed bentoml, run through `guard()` when the module is
+imported (at start-up): on a mismatch the service stops with one line naming the module, what changed and
+the bentoml version, instead of serving with a patch that silently does something else.
+tests/test_workarounds.py checks that every module touching a private BentoML, uvicorn or circus name is here.
 """
 
 from __future__ import annotations
@@ -11,10 +14,34 @@ from __future__ import annotations
 import functools
 import sys
 import typing as t
+from dataclasses import dataclass
 from importlib import metadata
 
 # the version every patch was written and checked against
 CHECKED_ON = "1.4.40"
+
+
+@dataclass(frozen=True)
+class Workaround:
+    module: str  # the file that holds it
+    concern: str  # what BentoML (or uvicorn) does that this service does otherwise
+    guard: str  # the module's function that checks, at start-up, the internals it relies on ("": it relies on none)
+
+
+WORKAROUNDS = (
+    Workaround("service/upload.py", "request parsing: uploads kept in memory, every client mistake a 4xx", "check"),
+    Workaround("service/timeout.py", "the request timeout's timer cancelled when its request ends", "check"),
+    # public API only (an ASGI middleware) and refuses every application/vnd.bentoml type: nothing to guard
+    Workaround("service/bodies.py", "BentoML's pickle body type refused with a 415, not an ERROR traceback", ""),
+    Workaround("service/openapi.py", "/docs.json lists each route's real statuses and error body", "check"),
+    Workaround("service/docs_page.py", "the Swagger page at / loads nothing from the internet", "check"),
+    Workaround("service/connections.py", "uvicorn h11: a header timeout, and a drain on SIGTERM", "check"),
+    Workaround("service/packed.py", "the serving config packed into a Bento as an argument", "check"),
+    Workaround("service/stored.py", "a worker that cannot start stops the server; the model store's path", "check"),
+    Workaround("service/gpus.py", "one worker per GPU: BentoML's own GPU allocation turned off", "check"),
+    # its guard skips the port check with a log line, never stops a server: BentoML's own error then stands
+    Workaround("service/port.py", "a busy port is one line, found before BentoML binds it", "address"),
+)
 
 
 class PatchMismatch(RuntimeError):

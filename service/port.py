@@ -9,8 +9,9 @@ parsed by BentoML's click command itself, else BentoML's configuration (`http.po
 0.0.0.0 unless a BENTOML_CONFIG file says otherwise), and binds it once as circus will (SO_REUSEADDR).
 The port can still be taken between this check and BentoML's bind; then BentoML's own error stands.
 
-Relies on bentoml_cli's `serve` command (checked against bentoml 1.4.40); if that moves, the check is skipped
-with a log line rather than stopping a server that would start. It can go when BentoML reports a busy port
+Relies on bentoml_cli's `serve` command and BentoML's configuration container (checked against bentoml 1.4.40).
+Guard: `address()`; if what it reads moves, the check is skipped with a log line rather than stopping a server
+that would start (service/patches.py lists it with the other workarounds). It can go when BentoML reports a busy port
 in one line itself.
 """
 

@@ -21,12 +21,29 @@ import onnxruntime as ort
 
 from core import metadata
 from core.devices import CPU, CUDA, DeviceError, uses_gpu  # the provider choice, shared with the export check
-from service.config import CudaOptions
+from service.config import CudaOptions, ServingConfig
 
 logger = logging.getLogger(__name__)
 # the axis that holds the images in each output a graph may have (an ensemble graph's member_probabilities
 # is [members, N, classes]); every other output is batch-first
 BATCH_AXIS = {"member_probabilities": 1}
+
+
+def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
+    """The fixed batch sizes of every session call, ascending, or None for "any size".
+
+    "auto" pads only on a GPU: there a session call at a batch size it did not run last pays cuDNN's
+    algorithm choice again (0.7-1 s a call on an H100, bench/README.md), while on the CPU provider a
+    new shape costs nothing and padding would only add work. Powers of two up to max_batch_size keep
+    the padding under half of any call.
+    """
+    sizes = config.batch_sizes
+    if sizes == "none" or (sizes == "auto" and not on_gpu):
+        return None
+    if sizes == "auto":
+        powers = [2**i for i in range(config.max_batch_size.bit_length()) if 2**i < config.max_batch_size]
+        return [*powers, config.max_batch_size]
+    return sorted(sizes)
 
 
 def cuda_provider_options(cuda: CudaOptions, device_id: int = 0) -> dict[str, str]:

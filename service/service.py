@@ -16,34 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib.metadata
-import inspect
 import logging
-import multiprocessing
 import os
 import sys
 import typing as t
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import attr
 import bentoml
 import numpy as np
-from bentoml._internal.service.openapi.specification import MediaType, Reference, Schema
-from bentoml._internal.service.openapi.specification import Response as OpenAPIResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.datastructures import UploadFile
-from starlette.responses import JSONResponse
 
 from core import metadata
 from core.metadata import MODEL_FILE
 from core.voting import vote
-from service import auth, bodies, connections, docs_page, gpus, packed, port, runtime, stored, timeout
+from service import auth, bodies, connections, docs_page, gpus, openapi, packed, port, runtime, stored, timeout
 from service import config as serving_config
+from service.answers import Classification, EnsembleClassification, MemberAnswer, answer, ranked
 from service.batcher import Batcher, Overloaded
 from service.budget import Budget
-from service.decode import decoder_ready, quoted
-from service.errors import InputError
+from service.decode import decoding_processes, quoted
+from service.errors import ROUTE_STATUSES, InputError, refusal
+from service.metrics import BATCH_IMAGES, BATCH_RUN_IMAGES, INFERENCE_SECONDS, REQUESTS, WARMUP_SECONDS
 from service.pixels import pixels
 from service.runtime import Graph
 from service.upload import REFUSED, Form, Upload
@@ -78,88 +73,6 @@ connections.install(CONFIG.connections.header_timeout_s, CONFIG.connections.drai
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 logger = logging.getLogger("service")
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-BATCH_IMAGES = bentoml.metrics.Histogram(
-    name="inference_batch_images",
-    documentation="Images of requests in one ONNX Runtime call, per model (padding not counted)",
-    labelnames=["model"],
-    buckets=BATCH_BUCKETS,
-)
-BATCH_RUN_IMAGES = bentoml.metrics.Histogram(
-    name="inference_batch_run_images",
-    documentation="Images one ONNX Runtime call ran, per model: the real ones plus the padding up to a fixed size",
-    labelnames=["model"],
-    buckets=BATCH_BUCKETS,
-)
-WARMUP_SECONDS = bentoml.metrics.Gauge(
-    name="session_warmup_seconds",
-    documentation="Seconds the start-up call at each fixed batch size took, per model (made before /readyz)",
-    labelnames=["model", "batch_size"],
-)
-INFERENCE_SECONDS = bentoml.metrics.Histogram(
-    name="inference_seconds",
-    documentation="Seconds of one ONNX Runtime call, per model",
-    labelnames=["model"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-REQUESTS = bentoml.metrics.Counter(
-    name="model_requests", documentation="Classification requests per model or ensemble", labelnames=["model"]
-)
-
-
-class Prediction(BaseModel):
-    label: str
-    index: int
-    probability: float
-
-
-class Classification(Prediction):
-    top_k: list[Prediction]
-    model: str
-
-
-class MemberAnswer(Prediction):
-    model: str
-
-
-class EnsembleClassification(Prediction):
-    voting: str
-    agreement: float = Field(description="share of members whose top-1 label is the ensemble's label")
-    votes: dict[str, int] = Field(description="member top-1 votes per label (labels with no vote are left out)")
-    top_k: list[Prediction]
-    members: list[MemberAnswer]
-
-
-def _error(e: InputError) -> JSONResponse:
-    # one line a refusal, not a traceback: a client sending bad requests cannot flood the log
-    logger.info("refused with %d: %s", e.status, e.message)
-    return JSONResponse({"error": e.message}, status_code=e.status)
-
-
-def _answer(out: list[BaseModel]) -> JSONResponse:
-    """The answers as one JSON response. The endpoints' return annotations still document them in the
-    OpenAPI schema, but returning a Response skips BentoML's output path, which builds the output type's
-    JSON schema on every response (11% of the event loop under load in the py-spy profile) and sends
-    the body in pieces through each middleware."""
-    return JSONResponse([o.model_dump() for o in out])
-
-
-def _decoding_processes(processes: int) -> ProcessPoolExecutor | None:
-    """A pool of `processes` decoding processes, all started now (so that /readyz waits for them), or None.
-
-    Spawned, not forked: the serving process already runs threads (the event loop's, ONNX Runtime's),
-    and a fork copies their locks in whatever state they are."""
-    if not processes:
-        return None
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
-    for future in [pool.submit(decoder_ready) for _ in range(processes)]:
-        future.result()
-    logger.info("decoding in %d processes", processes)
-    return pool
-
-
-def _ranked(labels: list[str], scores: np.ndarray, order: np.ndarray, k: int) -> list[Prediction]:
-    return [Prediction(label=labels[j], index=int(j), probability=float(scores[j])) for j in order[:k]]
 
 
 class ClassifyInput(Form):
@@ -177,46 +90,6 @@ class EnsembleInput(Form):
 
 class ModelsInput(Form):
     """No fields: any field sent is refused."""
-
-
-# What each route really answers besides 200: the status, when, and always the service's own body {"error": str}
-# (`_error`, and service/timeout.py's 504). BentoML documents every route with its generic 400/404/500 bodies
-# (`{"error": str, "detail": str}`: _bentoml_sdk/service/openapi.py, `error_responses`), which this service
-# never sends: its routes parse their own requests (service/upload.py, `Form`).
-REFUSALS = {
-    400: "a malformed request: an unknown or misspelt field, text or a URL where image files belong, a body that "
-    "is not multipart/form-data or JSON, top_k not a whole number of at least 1, an unknown voting rule, an "
-    "empty, truncated or corrupt image",
-    404: "an unknown model or ensemble",
-    413: "more images than limits.max_images_per_request, an image over limits.max_image_bytes or "
-    "limits.max_image_pixels or whose decoding alone would exceed limits.decode_budget_bytes, a body over "
-    "limits.max_body_bytes (JSON: limits.max_json_bytes)",
-    415: "a part that is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM, MPO), or a body "
-    "of another media type than multipart/form-data or JSON",
-    500: "an unexpected server error (a bug: the server log has the traceback)",
-    503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start, or its images "
-    "waited longer than limits.decode_wait_ms for room in the worker's decoding budget",
-    504: "not answered within the request timeout (60 s)",
-}
-ROUTE_STATUSES = {
-    "/classify": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
-    "/ensemble": {n: REFUSALS[n] for n in (400, 404, 413, 415, 500, 503, 504)},
-    "/models": {
-        400: "an unknown field (the route takes none), or a body that is not valid JSON or a valid form",
-        413: "a body over limits.max_json_bytes or limits.max_body_bytes",
-        415: "a body of another media type than JSON or a form",
-        500: REFUSALS[500],
-        504: REFUSALS[504],
-    },
-}
-ERROR_SCHEMA = {
-    "type": "object",
-    "title": "Error",
-    "description": "Every refusal: one message that names the problem, the field or image, and what to send",
-    "properties": {"error": {"type": "string", "title": "Message"}},
-    "required": ["error"],
-    "additionalProperties": False,
-}
 
 
 # One BentoModel attribute per served model, so `bentoml build` packs them into the Bento
@@ -262,7 +135,7 @@ class Classifier(_StoredModels):
         cores = len(os.sched_getaffinity(0))
         cpu_threads = max(1, cores // WORKERS) if WORKERS > 1 else 0
         gpu = gpus.of_worker(GPUS, bentoml.server_context.worker_index) if GPUS else 0
-        sizes = serving_config.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
+        sizes = runtime.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
             # the model store entry's metadata (written by `python -m export --store`) says what it expects
             entry = _stored(i)
@@ -305,7 +178,7 @@ class Classifier(_StoredModels):
         self.limits = CONFIG.limits
         self.budget = Budget(CONFIG.limits.decode_budget_bytes, CONFIG.limits.decode_wait_ms)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
-        self.decoder = _decoding_processes(processes)
+        self.decoder = decoding_processes(processes)
         if GPUS:  # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
             print(f"worker {bentoml.server_context.worker_index} of {WORKERS}: sessions on GPU {gpu} "
                   f"({graph.provider}), decoding in {processes} processes", file=sys.stderr, flush=True)  # fmt: skip
@@ -347,7 +220,7 @@ class Classifier(_StoredModels):
     ) -> list[Classification]:
         """Classify each uploaded image with one model."""
         if (refused := REFUSED.get()) is not None:
-            return _error(refused)
+            return refusal(refused)
         try:
             if model not in self.model_info:
                 raise InputError(404, f"unknown model {quoted(model)}; served models: {', '.join(NAMES)}")
@@ -355,15 +228,15 @@ class Classifier(_StoredModels):
             k = self._check_top_k(top_k, len(labels))
             [probabilities] = await self._probabilities(images, [model])
         except InputError as e:
-            return _error(e)
+            return refusal(e)
         REQUESTS.labels(model=model).inc()
         out = []
         for probs in probabilities:
             order = np.argsort(-probs, kind="stable")
             best = int(order[0])
             out.append(Classification(label=labels[best], index=best, probability=float(probs[best]),
-                                      top_k=_ranked(labels, probs, order, k), model=model))  # fmt: skip
-        return _answer(out)
+                                      top_k=ranked(labels, probs, order, k), model=model))  # fmt: skip
+        return answer(out)
 
     @bentoml.api(route="/ensemble", input_spec=EnsembleInput)
     async def ensemble(
@@ -371,7 +244,7 @@ class Classifier(_StoredModels):
     ) -> list[EnsembleClassification]:
         """Classify each image with every member of an ensemble and vote (soft, weighted or hard)."""
         if (refused := REFUSED.get()) is not None:
-            return _error(refused)
+            return refusal(refused)
         try:
             if ensemble not in CONFIG.ensembles:
                 raise InputError(404, f"unknown ensemble {quoted(ensemble)}; served ensembles: "
@@ -386,7 +259,7 @@ class Classifier(_StoredModels):
             k = self._check_top_k(top_k, len(labels))
             members = np.stack(await self._probabilities(images, spec.members))  # [M, N, C]
         except InputError as e:
-            return _error(e)
+            return refusal(e)
         REQUESTS.labels(model=f"ensemble:{ensemble}").inc()
         result = vote(members, voting, np.asarray(spec.weights) if spec.weights else None)
         out = []
@@ -401,58 +274,21 @@ class Classifier(_StoredModels):
                 label=labels[best], index=best, probability=float(result.scores[n, best]), voting=voting,
                 agreement=float(result.agreement[n]),
                 votes={labels[j]: int(v) for j, v in enumerate(result.votes[n]) if v},
-                top_k=_ranked(labels, result.scores[n], result.order[n], k), members=member_answers,
+                top_k=ranked(labels, result.scores[n], result.order[n], k), members=member_answers,
             ))  # fmt: skip
-        return _answer(out)
+        return answer(out)
 
     @bentoml.api(route="/models", input_spec=ModelsInput)
     def list_models(self) -> dict[str, t.Any]:
         """Every served model (tag, arch, labels, input size, metrics) and every ensemble."""
         if (refused := REFUSED.get()) is not None:
-            return _error(refused)
+            return refusal(refused)
         ensembles = {name: {"members": e.members, "voting": e.voting, "weights": e.weights}
                      for name, e in CONFIG.ensembles.items()}  # fmt: skip
         return {"default_model": CONFIG.default_model, "models": self.model_info, "ensembles": ensembles}
 
 
-def _project_version() -> str:
-    try:
-        return importlib.metadata.version("imgclf")
-    except importlib.metadata.PackageNotFoundError:  # a serving-only install runs the checkout uninstalled
-        return "checkout"
-
-
-class _DocumentedService(type(Classifier)):
-    """The service with an OpenAPI document (/docs.json) that lists, for each route, the statuses it answers and
-    their real body. /docs.json serves `service.openapi_spec` (_bentoml_impl/server/app.py, `openapi_spec_view`),
-    a property of BentoML's Service class, regenerated each time: this subclass edits what it returns."""
-
-    __slots__ = ()  # the same layout as BentoML's (attrs, slotted) Service, so an instance can take this class
-
-    @property
-    def openapi_spec(self) -> t.Any:
-        spec = super().openapi_spec
-        if spec.info.version == "None":  # served from a checkout: a built Bento names its version and description
-            info = attr.evolve(spec.info, version=_project_version(), description=inspect.cleandoc(self.inner.__doc__))
-            spec = attr.evolve(spec, info=info)
-        schemas = spec.components["schemas"]
-        for name in ("InvalidArgument", "NotFound", "InternalServerError"):  # BentoML's bodies, unused here
-            schemas.pop(name, None)
-        schemas["Error"] = Schema(**ERROR_SCHEMA)
-        error = MediaType(schema=Reference("#/components/schemas/Error"))
-        for route, statuses in ROUTE_STATUSES.items():
-            responses = spec.paths[route].post["responses"]
-            ok = responses[200]
-            responses.clear()
-            responses[200] = ok
-            for status, description in statuses.items():
-                responses[status] = OpenAPIResponse(description=description, content={"application/json": error})
-        if CONFIG.auth is not None:
-            auth.document(spec, CONFIG.auth)
-        return spec
-
-
-Classifier.__class__ = _DocumentedService
+openapi.document(Classifier, CONFIG.auth)
 # the outermost first: a request without a valid key is refused before anything else looks at it (a stopping
 # worker's /readyz, which needs no key, before that)
 Classifier.add_asgi_middleware(connections.DrainMiddleware)

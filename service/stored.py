@@ -30,7 +30,11 @@ SIGUSR1 handler, which circus leaves alone (circus/sighandler.py handles HUP, QU
 worker whose start-up failed signals it after printing one line; the handler asks circus to stop as SIGTERM does
 (every worker stopped gracefully), and the process then exits with status 2. It is the net for what the checks
 cannot see (a GPU that disappears between the two, memory that runs out), and can go when BentoML stops a server
-whose workers cannot start.
+whose workers cannot start. The model store's path (`store_path`) is read from BentoML's private container:
+BentoML's public API names no store path.
+
+Checked against bentoml 1.4.40 and circus 0.18.3. Guard: `check()` (at import, service/patches.py) requires that
+circus still leave SIGUSR1 alone and that BentoML's container still hold the model store with its path.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from core import metadata
+from service import patches
 from service.config import ServingConfig, model_name
 
 GRAPHS_TIMEOUT_S = 600  # a few ResNet-50 sessions take seconds; a graph that hangs ONNX Runtime must not hang start-up
@@ -255,6 +260,21 @@ def on_failure(start: t.Callable[..., None]) -> t.Callable[..., None]:
             raise
 
     return started
+
+
+@patches.checks("service/stored.py")
+def check() -> None:
+    """circus handles no SIGUSR1 (the signal `install` takes), and BentoML's container has the model store."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from circus.sighandler import SysHandler
+
+    if signal.SIGUSR1 in SysHandler.SIGNALS:
+        raise patches.mismatch("service/stored.py", "circus now handles SIGUSR1 itself")
+    if not callable(getattr(BentoMLContainer.model_store, "get", None)):
+        raise patches.mismatch("service/stored.py", "BentoMLContainer has no model_store provider")
+
+
+patches.guard(check)
 
 
 if __name__ == "__main__":

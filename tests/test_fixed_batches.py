@@ -16,7 +16,7 @@ import torch
 from export.ensemble import fuse
 from export.graph import export_onnx
 from service import config as serving_config
-from service.runtime import Graph, _Captured
+from service.runtime import Graph, _Captured, batch_sizes
 from training import checkpoint as ckpt
 from training.checkpoint import checkpoint_dict
 from training.config import load_config
@@ -100,13 +100,13 @@ def test_warm_runs_every_fixed_size(graphs):
 def test_batch_sizes_from_serving_config():
     base = {"models": ["a"]}
     auto = serving_config.parse(base)
-    assert serving_config.batch_sizes(auto, on_gpu=True) == [1, 2, 4, 8, 16, 32, 64]
-    assert serving_config.batch_sizes(auto, on_gpu=False) is None  # the CPU provider runs any size at no cost
+    assert batch_sizes(auto, on_gpu=True) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_sizes(auto, on_gpu=False) is None  # the CPU provider runs any size at no cost
     odd = serving_config.parse({**base, "batching": {"max_batch_size": 48}})
-    assert serving_config.batch_sizes(odd, on_gpu=True) == [1, 2, 4, 8, 16, 32, 48]
+    assert batch_sizes(odd, on_gpu=True) == [1, 2, 4, 8, 16, 32, 48]
     listed = serving_config.parse({**base, "batching": {"sizes": [1, 8, 64]}})
-    assert serving_config.batch_sizes(listed, on_gpu=False) == [1, 8, 64]
-    assert serving_config.batch_sizes(serving_config.parse({**base, "batching": {"sizes": "none"}}), True) is None
+    assert batch_sizes(listed, on_gpu=False) == [1, 8, 64]
+    assert batch_sizes(serving_config.parse({**base, "batching": {"sizes": "none"}}), True) is None
     cuda = serving_config.parse({**base, "cuda": {"cudnn_conv_algo_search": "HEURISTIC", "cuda_graph": True}})
     assert cuda.cuda.cudnn_conv_algo_search == "HEURISTIC" and cuda.cuda.cuda_graph and not cuda.cuda.prefer_nhwc
     assert serving_config.parse({**base, "decoding": {"processes": 3}}).decode_processes == 3
