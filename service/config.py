@@ -60,7 +60,7 @@ class CudaOptions(_Section):
     """ONNX Runtime CUDA provider options that change speed (service/runtime.py says why each default).
 
     cudnn_conv_algo_search: EXHAUSTIVE benchmarks every cuDNN algorithm on a session's first call per
-    shape (about 1 s for ResNet-50 on an H100) and then runs the fastest; with one fixed shape per
+    shape (bench/README.md, 'On a GPU') and then runs the fastest; with one fixed shape per
     session and that call made at start-up, its cost is paid once. prefer_nhwc: run convolutions in
     NHWC (tensor cores prefer it; a transpose is inserted where needed). cuda_graph: capture each fixed
     batch size as a CUDA graph and replay it, binding the input and output buffers once.
@@ -99,7 +99,7 @@ class Ensemble(_Section):
 # being decoded before it runs the ones it has (service/batcher.py). sizes: the batch sizes a session
 # call may run at ("auto", a list, or "none"); a batch is padded up to the next one (service/runtime.py).
 # max_latency_ms is 1000, the value serving.yaml ships: it sheds an overloaded model's queue, it is not a
-# wait, and 50 ms is below the p50 of 16 clients on the 2-core machine (222 ms, bench/README.md), so it
+# wait, and a bound below the p50 latency of 16 clients on a 2-core machine (bench/README.md, 'Digits on the CPU')
 # would refuse working traffic.
 BATCHING = {"max_batch_size": 64, "max_latency_ms": 1000, "max_wait_ms": 10.0, "sizes": "auto"}
 
@@ -125,7 +125,7 @@ class Batching(_Section):
     @model_validator(mode="after")
     def _sizes_end_at_max_batch_size(self) -> Batching:
         # a batch runs at the first size that holds it: a full batch needs max_batch_size among them, and a size
-        # above it only pads (sizes [1, 2, 512] with max_batch_size 8 ran 3 images as 512: 0.17 s, not 0.0075 s)
+        # above it only pads (sizes [1, 2, 512] with max_batch_size 8 ran 3 images as a batch of 512)
         sizes = self.sizes
         if isinstance(sizes, list) and (sizes != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
             raise ValueError(

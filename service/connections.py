@@ -2,12 +2,13 @@
 
 Header timeout: uvicorn (0.54, its h11 protocol, which BentoML's workers run: httptools is not installed) closes a
 kept-alive connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection
-that sends its request headers a byte at a time stays open for ever (one at 1 byte/s was open after 75 s). Here
+that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here
 each connection must complete its request headers within `connections.header_timeout_s` of opening, or of the
 previous answer; otherwise it is closed.
 
 Drain: on SIGTERM uvicorn stops accepting at once and closes every idle kept-alive connection; a client that sends
-its next request on one at that moment gets a reset (36 of 32 clients' requests in the measured rolling restart).
+its next request on one at that moment gets a reset (before this module, stopping a server under load reset 36
+requests of 32 kept-alive clients).
 Here the first SIGTERM starts a drain instead: /readyz answers 503 (so a load balancer or Kubernetes stops sending),
 every answer carries `Connection: close` (so each client's connection ends after its answer, cleanly), and uvicorn's
 own graceful shutdown starts once no request has started for `QUIET_S`, or after `connections.drain_s` at most.

@@ -33,7 +33,7 @@ def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
     """The fixed batch sizes of every session call, ascending, or None for "any size".
 
     "auto" pads only on a GPU: there a session call at a batch size it did not run last pays cuDNN's
-    algorithm choice again (0.7-1 s a call on an H100, bench/README.md), while on the CPU provider a
+    algorithm choice again (bench/README.md, 'On a GPU'), while on the CPU provider a
     new shape costs nothing and padding would only add work. Powers of two up to max_batch_size keep
     the padding under half of any call.
     """

@@ -184,8 +184,8 @@ class Classifier(_StoredModels):
                   f"({graph.provider}), decoding in {processes} processes", file=sys.stderr, flush=True)  # fmt: skip
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
         # for the life of the process; left in the collector's oldest generation, each full collection
-        # walked all of it and stalled the event loop for ~150 ms (measured with gc.callbacks), which set
-        # the open-loop p99 at half the maximum rate (bench/README.md)
+        # walked all of it and stalled the event loop (measured with gc.callbacks), which set the open-loop
+        # p99 at half the maximum rate (bench/README.md, 'Digits on the CPU')
         gc.freeze()
 
     async def _pixels(self, images: list[UploadFile], model: str) -> list[np.ndarray]:
