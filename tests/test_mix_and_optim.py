@@ -100,3 +100,31 @@ def test_schedules():
     assert (
         max(lrs) == pytest.approx(1.0, rel=0.05) and lrs[-1] < 0.01 and math.isclose(lrs.index(max(lrs)), 9, abs_tol=1)
     )
+
+
+def test_each_batch_mix_alone_acts_as_it_should_and_off_leaves_the_batch():
+    """Image i's pixels are all i: MixUp must be one blend lam * x + (1 - lam) * x rolled by one, its targets
+    weighted by the same lam; CutMix one box of the rolled image, its targets by the box's area; neither on:
+    the batch and one-hot targets unchanged."""
+    torch.manual_seed(0)
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous()
+    labels = torch.arange(8)
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+    mixes = {name: {**DEFAULTS["augment"], f"{name}_p": 1.0} for name in ("cutmix", "mixup")}
+    for _ in range(10):
+        mixed, targets = BatchMixer(mixes["mixup"], 10)(images, labels)
+        lam = float(mixed[1, 0, 0, 0])  # image 1 blends 1 with image 0
+        assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+        assert torch.allclose(targets, lam * onehot + (1 - lam) * onehot.roll(1, 0), atol=1e-6)
+
+        mixed, targets = BatchMixer(mixes["cutmix"], 10)(images, labels)
+        pasted = mixed != images
+        rows, cols = pasted[1, 0].any(1), pasted[1, 0].any(0)
+        box = rows[:, None] & cols[None, :]
+        assert torch.equal(pasted, box.expand_as(pasted)), "not one box, the same in every image and channel"
+        assert torch.equal(mixed[:, :, box], images.roll(1, 0)[:, :, box])
+        kept = 1 - float(box.float().mean())
+        assert torch.allclose(targets, kept * onehot + (1 - kept) * onehot.roll(1, 0), atol=1e-6)
+
+        mixed, targets = BatchMixer(DEFAULTS["augment"], 10)(images, labels)
+        assert torch.equal(mixed, images) and torch.equal(targets, onehot)
