@@ -128,3 +128,27 @@ def test_each_batch_mix_alone_acts_as_it_should_and_off_leaves_the_batch():
 
         mixed, targets = BatchMixer(DEFAULTS["augment"], 10)(images, labels)
         assert torch.equal(mixed, images) and torch.equal(targets, onehot)
+
+
+def test_gradient_clipping_bounds_each_step_and_off_does_not():
+    """One real training step (train_one_epoch) with SGD at lr 1 and no momentum: the weights move by exactly the
+    gradient, so with optim.clip_grad_norm the step's norm is the bound, and without it the raw gradient's."""
+    from training.engine import CrossEntropyObjective, TrainState, train_one_epoch
+
+    def step_norm(clip: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        state = TrainState(
+            optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+            torch.amp.GradScaler("cpu", enabled=False),
+            CrossEntropyObjective(nn.CrossEntropyLoss(), BatchMixer(DEFAULTS["augment"], 3)), None,
+            torch.device("cpu"), {"channels_last": False, "amp": "none", "log_every": 1}, clip, model.train,
+        )  # fmt: skip
+        batch = (torch.randn(8, 4) * 100, torch.randint(0, 3, (8,)))  # large inputs: a gradient far over the bound
+        train_one_epoch(model, [batch], state, 1, show=False)
+        return float(torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm())
+
+    assert step_norm(0.0) > 5.0
+    assert step_norm(0.5) == pytest.approx(0.5, rel=1e-3)
