@@ -60,6 +60,7 @@ def _base_reason() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.container
 @pytest.mark.skipif(DOCKER_REASON is not None, reason=f"no Docker: {DOCKER_REASON}")
 @pytest.mark.skipif(_base_reason() is not None, reason=str(_base_reason()))
 def test_container_serves_what_training_measured(store, trained_digits, digits_root):  # noqa: F811

@@ -53,8 +53,27 @@ def test_evaluate_cli_matches_the_summary(trained_digits):
     assert report["top5"] >= report["acc"]
     assert (trained_digits / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
 
+
+def test_tta_hflip_averages_the_probabilities_of_each_image_and_its_mirror(trained_digits):
+    """The CLI's --tta hflip figures, recomputed here from two plain forward passes: the test images and the
+    same images mirrored, their softmax averaged."""
     tta = json.loads(run_cli("evaluate", trained_digits / "best.pt", "--tta", "hflip").stdout)
     assert tta["tta"] == "hflip" and tta["n"] == 359
+    checkpoint = ckpt.load(trained_digits / "best.pt")
+    model = model_from_checkpoint(checkpoint).eval()
+    dataset = build_splits({**checkpoint["config"]["data"], "limit": 0}).dataset(
+        "test", eval_transform(checkpoint["preprocess"])
+    )
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        plain, mirrored = model(images).softmax(1), model(images.flip(-1)).softmax(1)
+    mean = (plain + mirrored) / 2
+    assert tta["acc"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()), abs=1e-9)
+    assert tta["loss"] == pytest.approx(float(-mean[torch.arange(len(labels)), labels].log().mean()), rel=1e-4)
+    # and it is not the plain run's loss, nor the mirrored run's alone
+    for alone in (plain, mirrored):
+        assert abs(tta["loss"] - float(-alone[torch.arange(len(labels)), labels].log().mean())) > 1e-4
 
 
 def test_checkpoint_round_trip(trained_digits, tmp_path):

@@ -100,3 +100,55 @@ def test_schedules():
     assert (
         max(lrs) == pytest.approx(1.0, rel=0.05) and lrs[-1] < 0.01 and math.isclose(lrs.index(max(lrs)), 9, abs_tol=1)
     )
+
+
+def test_each_batch_mix_alone_acts_as_it_should_and_off_leaves_the_batch():
+    """Image i's pixels are all i: MixUp must be one blend lam * x + (1 - lam) * x rolled by one, its targets
+    weighted by the same lam; CutMix one box of the rolled image, its targets by the box's area; neither on:
+    the batch and one-hot targets unchanged."""
+    torch.manual_seed(0)
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous()
+    labels = torch.arange(8)
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+    mixes = {name: {**DEFAULTS["augment"], f"{name}_p": 1.0} for name in ("cutmix", "mixup")}
+    for _ in range(10):
+        mixed, targets = BatchMixer(mixes["mixup"], 10)(images, labels)
+        lam = float(mixed[1, 0, 0, 0])  # image 1 blends 1 with image 0
+        assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+        assert torch.allclose(targets, lam * onehot + (1 - lam) * onehot.roll(1, 0), atol=1e-6)
+
+        mixed, targets = BatchMixer(mixes["cutmix"], 10)(images, labels)
+        pasted = mixed != images
+        rows, cols = pasted[1, 0].any(1), pasted[1, 0].any(0)
+        box = rows[:, None] & cols[None, :]
+        assert torch.equal(pasted, box.expand_as(pasted)), "not one box, the same in every image and channel"
+        assert torch.equal(mixed[:, :, box], images.roll(1, 0)[:, :, box])
+        kept = 1 - float(box.float().mean())
+        assert torch.allclose(targets, kept * onehot + (1 - kept) * onehot.roll(1, 0), atol=1e-6)
+
+        mixed, targets = BatchMixer(DEFAULTS["augment"], 10)(images, labels)
+        assert torch.equal(mixed, images) and torch.equal(targets, onehot)
+
+
+def test_gradient_clipping_bounds_each_step_and_off_does_not():
+    """One real training step (train_one_epoch) with SGD at lr 1 and no momentum: the weights move by exactly the
+    gradient, so with optim.clip_grad_norm the step's norm is the bound, and without it the raw gradient's."""
+    from training.engine import CrossEntropyObjective, TrainState, train_one_epoch
+
+    def step_norm(clip: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        state = TrainState(
+            optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+            torch.amp.GradScaler("cpu", enabled=False),
+            CrossEntropyObjective(nn.CrossEntropyLoss(), BatchMixer(DEFAULTS["augment"], 3)), None,
+            torch.device("cpu"), {"channels_last": False, "amp": "none", "log_every": 1}, clip, model.train,
+        )  # fmt: skip
+        batch = (torch.randn(8, 4) * 100, torch.randint(0, 3, (8,)))  # large inputs: a gradient far over the bound
+        train_one_epoch(model, [batch], state, 1, show=False)
+        return float(torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm())
+
+    assert step_norm(0.0) > 5.0
+    assert step_norm(0.5) == pytest.approx(0.5, rel=1e-3)

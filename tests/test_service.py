@@ -3,6 +3,7 @@ PNG and JPEG uploads over HTTP, and `bentoml build` of a Bento that then serves.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -72,13 +73,17 @@ def running(command: list[str], env: dict, log_path: Path, url: str, cwd: Path =
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + wait
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        ready = False
+        while not ready and time.time() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            if not ready:
+                time.sleep(0.5)
+        # a server that exited is the caller's to judge (some tests expect it to); one that runs but never
+        # answered 200, or is not even listening, is not a server to test against
+        if not ready and proc.poll() is None:
+            log.flush()
+            pytest.fail(f"{url}/readyz never answered 200 within {wait} s; log:\n{log_path.read_text()[-3000:]}")
         yield proc
     finally:
         if proc.poll() is None:
@@ -326,6 +331,17 @@ def test_start_up_errors_are_clear(store, tmp_path):
             proc.wait(120)
             assert proc.returncode != 0
         assert message in (tmp_path / "log").read_text()
+
+
+def test_a_server_that_never_answers_readyz_fails_the_test_instead_of_being_tested(tmp_path):
+    """`running` waits for /readyz 200; a process that is alive but not listening is not taken for a server."""
+    never = [sys.executable, "-c", "import threading; threading.Event().wait()"]  # alive, never listens
+    url = f"http://127.0.0.1:{free_port()}"
+    with (
+        pytest.raises(pytest.fail.Exception, match="/readyz never answered 200 within 1 s"),
+        running(never, dict(os.environ), tmp_path / "log", url, wait=1),
+    ):
+        pass
 
 
 def test_a_corrupt_model_stops_the_server(store, tmp_path):

@@ -162,3 +162,36 @@ def test_schedule_over_epochs_of_different_lengths():
     assert lr_factor(20, steps, 4, cosine) == pytest.approx(0.5)
     assert lr_factor(5, steps, 4, cosine) == pytest.approx(lr_factor(5, 10, 4, cosine))
     assert lr_factor(30, steps, 4, cosine) == pytest.approx(0.0, abs=1e-12)
+
+
+class CountingTeachers:
+    """Stands in for the teacher models only (the cache in DistillationObjective is what is under test): fixed
+    probabilities per image value, and a count of the images the teachers were asked about."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def probabilities(self, views, temperature: float) -> torch.Tensor:
+        self.asked += len(views[0])
+        values = views[0][:, 0, 0, 0]
+        return torch.stack([values, 1 - values], 1)
+
+
+def test_teacher_outputs_are_computed_once_and_cached_without_random_augmentation():
+    from training.kd import DistillationObjective, DistillationTask
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 2, 2))
+    images = torch.tensor([0.2, 0.7, 0.9]).view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    batch = ((images, images), torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]))
+    for cache, asked in ((torch.full((3, 2), float("nan")), 3), (None, 9)):
+        teachers = CountingTeachers()
+        objective = DistillationObjective(teachers, 0.5, 1.0, cache)
+        losses = [objective(student, batch, torch.device("cpu"), torch.preserve_format)[0] for _ in range(3)]
+        assert teachers.asked == asked  # cached: each image once over three epochs; not cached: every time
+        assert all(torch.equal(loss, losses[0]) for loss in losses)  # the cached answer is the teachers' answer
+    # the task keeps a cache only where the teachers' view of an image never changes
+    task = DistillationTask({**DEFAULTS["distill"]})
+    task.cache = torch.zeros(3, 2)
+    task.teachers = CountingTeachers()
+    assert task.objective(None, DEFAULTS["augment"], 2).cache is task.cache
+    assert task.objective(None, {**DEFAULTS["augment"], "hflip": 0.5}, 2).cache is None

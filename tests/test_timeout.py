@@ -19,12 +19,13 @@ class State:
 
 
 async def app(scope, receive, send) -> None:
-    await asyncio.sleep(scope.get("sleep", 0))
+    if scope.get("hang"):  # a request nothing but the timeout ends: no race between a sleep and the timer
+        await asyncio.Event().wait()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def serve(middleware: TimeoutMiddleware, sleep: float = 0.0) -> tuple[list[dict], weakref.ref]:
+async def serve(middleware: TimeoutMiddleware, hang: bool = False) -> tuple[list[dict], weakref.ref]:
     """One request whose context holds a State, as BentoML's outer middlewares' would."""
     sent: list[dict] = []
 
@@ -36,7 +37,7 @@ async def serve(middleware: TimeoutMiddleware, sleep: float = 0.0) -> tuple[list
 
     state = State()
     REQUEST_STATE.set(state)
-    await middleware({"type": "http", "sleep": sleep}, receive, send)
+    await middleware({"type": "http", "hang": hang}, receive, send)
     return sent, weakref.ref(state)
 
 
@@ -51,7 +52,7 @@ def test_an_answered_request_leaves_nothing_behind_and_a_slow_one_gets_504():
         gc.collect()
         alive = state() is not None
         live_timers = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
-        slow, _ = await asyncio.get_running_loop().create_task(serve(TimeoutMiddleware(app, timeout=0.1), sleep=5))
+        slow, _ = await asyncio.get_running_loop().create_task(serve(TimeoutMiddleware(app, timeout=0.1), hang=True))
         return sent, alive, live_timers, slow
 
     sent, alive, live_timers, slow = asyncio.run(main())

@@ -23,6 +23,22 @@ from training.transforms import eval_transform
 pytestmark = pytest.mark.slow  # every test trains
 
 
+def assert_same(a: object, b: object, where: str) -> None:
+    """Two nested state dicts (tensors, numbers, lists) hold the same values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
+
+
 def test_resume_ends_where_an_uninterrupted_run_does(digits_root, tmp_path):
     # EMA, CutMix and random crops on: their state and random draws must all survive the restart
     settings = {
@@ -53,6 +69,11 @@ def test_resume_ends_where_an_uninterrupted_run_does(digits_root, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["ema"]:
         assert torch.equal(a["ema"][key], b["ema"][key]), key
+    # the optimizer's moments and step counts, the scheduler's position and the AMP scaler's state too: a resume
+    # that restarted any of them would go on from a different state even where the weights agree
+    for part in ("optimizer", "scheduler", "scaler", "ema_updates", "best"):
+        assert_same(a[part], b[part], part)
+    assert b["optimizer"]["state"] and b["scheduler"]["last_epoch"] > 0 and b["ema_updates"] > 0
     assert a["history"] == [
         {**row, "seconds": a["history"][i]["seconds"], "images_per_s": a["history"][i]["images_per_s"]}
         for i, row in enumerate(b["history"])
