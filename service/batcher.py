@@ -26,7 +26,16 @@ import numpy as np
 
 
 class Overloaded(Exception):
-    """A request waited longer than `max_latency_ms` for its batch to start."""
+    """A request waited longer than `max_latency_ms` for its batch to start, or the device had no memory for it."""
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """ONNX Runtime's words for a device that has no memory left (CUDA's cudaErrorMemoryAllocation, "CUDA failure
+    2: out of memory", or its arena's "Failed to allocate memory"): the server is over capacity (too many workers
+    or batch sizes for the GPU; bench/README.md, 'On a GPU'), not broken, so the caller gets 503 as when overloaded
+    rather than a 500 and a traceback."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "failed to allocate memory" in text)
 
 
 @dataclass
@@ -136,6 +145,8 @@ class Batcher:
             try:
                 probabilities = await loop.run_in_executor(self.executor, self.run, pixels)
             except Exception as e:  # the session failed: every caller in the batch gets the error
+                if _out_of_memory(e):
+                    e = Overloaded(f"the device ran out of memory running {len(pixels)} images; retry later")
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(e)
