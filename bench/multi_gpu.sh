@@ -21,14 +21,8 @@ CONCURRENCY=${CONCURRENCY:-64 256}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=true
 mkdir -p "$OUT" "$BACK"
-start=$SECONDS
-step() {  # step NAME LIMIT_S COMMAND...: runs it under a time limit, logs to $OUT/NAME.log, notes how it ended
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (limit ${limit}s) at +$((SECONDS - start))s: $*"
-  timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $? after +$((SECONDS - start))s" | tee -a "$OUT/$name.log"
-}
+# shellcheck source=bench/steps.sh
+source bench/steps.sh  # step NAME LIMIT_S COMMAND...
 {
   nvidia-smi -L || echo "no nvidia-smi"
   nproc
