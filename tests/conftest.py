@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training.config import load_config
@@ -62,3 +63,26 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) 
     result = run_cli("fit", "--config", DIGITS_RECIPE, "--out", out, "--set", f"data.root={digits_root}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+def split_probabilities(checkpoint_path: Path, mirrored: bool = False) -> tuple:
+    """A checkpoint's softmax on every image of its own test split (its eval transform, images mirrored left to
+    right if asked), worked out here with plain forward passes, and the labels: numpy [n, classes] and [n], for
+    tests that recompute what a CLI reports."""
+    import torch
+
+    from training import checkpoint as ckpt
+    from training.data import build_splits
+    from training.models import model_from_checkpoint
+    from training.transforms import eval_transform
+
+    checkpoint = ckpt.load(checkpoint_path)
+    model = model_from_checkpoint(checkpoint).eval()
+    data = build_splits({**checkpoint["config"]["data"], "limit": 0}).dataset(
+        "test", eval_transform(checkpoint["preprocess"])
+    )
+    images = torch.stack([data[n][0] for n in range(len(data))])
+    labels = np.array([data[n][1] for n in range(len(data))])
+    with torch.no_grad():
+        probabilities = model(images.flip(-1) if mirrored else images).softmax(1).numpy()
+    return probabilities, labels

@@ -8,15 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import DIGITS_RECIPE, run_cli
+from tests.conftest import DIGITS_RECIPE, run_cli, split_probabilities
 from training import checkpoint as ckpt
 from training.__main__ import main
-from training.data import build_splits
 from training.digits import write_digits
-from training.models import model_from_checkpoint
-from training.transforms import eval_transform
 
 
 @pytest.fixture(scope="module")
@@ -144,18 +140,9 @@ def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_pat
     assert summary["hard_vote_acc"] >= summary["member_acc_mean"] - 0.01, summary
     assert [json.loads((out / f"member{i}" / "summary.json").read_text())["seed"] for i in range(3)] == [0, 1, 2]
     # the votes, recomputed here from each member checkpoint's own probabilities on the test split
-    probs, labels = [], None
-    for i in range(3):
-        checkpoint = ckpt.load(out / f"member{i}" / "best.pt")
-        model = model_from_checkpoint(checkpoint).eval()
-        data = build_splits({**checkpoint["config"]["data"], "limit": 0}).dataset(
-            "test", eval_transform(checkpoint["preprocess"])
-        )
-        images = torch.stack([data[n][0] for n in range(len(data))])
-        labels = np.array([data[n][1] for n in range(len(data))])
-        with torch.no_grad():
-            probs.append(model(images).softmax(1).numpy())
-    probs = np.stack(probs)  # [member, image, class]
+    members = [split_probabilities(out / f"member{i}" / "best.pt") for i in range(3)]
+    labels = members[0][1]
+    probs = np.stack([p for p, _ in members])  # [member, image, class]
     accs = [(p.argmax(1) == labels).mean() for p in probs]
     soft = probs.mean(0).argmax(1)
     ballots = np.stack([np.bincount(p, minlength=probs.shape[2]) for p in probs.argmax(2).T])  # [image, class]
