@@ -101,9 +101,10 @@ def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
     converting = 5 if image.mode.startswith("I") else decoded
     w, h = resized_size(width, height, int(preprocess["resize_size"]))
     crop = int(preprocess["crop_size"])
-    resized = crop * crop if boxed(width, height, preprocess) else max(w, crop) * max(h, crop)
+    box = boxed(width, height, preprocess)
+    resized = crop * crop if box else max(w, crop) * max(h, crop)
     # Pillow resizes in two passes: the first keeps every source row (or the box's rows)
-    first_pass = (crop if boxed(width, height, preprocess) else w) * height
+    first_pass = (crop if box else w) * height
     # Pillow's WebP plugin has libwebp decode into a buffer of its own, then copies it into the image
     buffered = 4 if image.format == "WEBP" else 0
     return pixels * (decoded + converting + 3 + buffered) + 3 * (resized + first_pass)
