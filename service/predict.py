@@ -297,7 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on Ray Data and write Parquet "
                         "parts into the folder --out (rerun to resume): on this machine, or the cluster at ADDRESS "
                         "(or $RAY_ADDRESS); service/bulk.py")  # fmt: skip
-    parser.add_argument("--actors", type=int, help="with --ray: classifying actors (default: one per GPU, else 1)")
+    parser.add_argument("--actors", type=int, help="with --ray: classifying actors (default: one per GPU, else "
+                        "one per CPU)")  # fmt: skip
     parser.add_argument("--part-rows", type=int, default=1024, help="with --ray: rows a Parquet part holds (what "
                         "a killed job redoes at most per part)")  # fmt: skip
     return parser

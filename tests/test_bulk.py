@@ -2,8 +2,8 @@
 ONNX Runtime sessions on tiny graphs, real image files; the rows equal the local path's.
 
 The cluster is ray.cluster_utils.Cluster: a head and a second node of one CPU each, sharing one module fixture
-(Ray's start-up is several seconds). The classifying actor takes a whole CPU, so the decoding tasks run on the
-other node: both nodes work in every job.
+(Ray's start-up is several seconds). A job on CPUs runs one actor a CPU, so one on each node; the layout of a
+cluster with GPUs (decoding in tasks, ahead of the actors) is run here too, on the CPUs.
 
 This module runs in a pytest process of its own, started by tests/test_bulk_process.py (IMGCLF_BULK_TESTS=1 runs
 it directly): after it ran inside the whole suite's process, a later test's `ast.parse` raised `SystemError: AST
@@ -70,13 +70,17 @@ def cluster():
     cluster.add_node(**node)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)  # this process's connection; service.bulk joins it as it is
+    # a job here is a few parts of milliseconds each, which the first actor up would take all of, while the
+    # other still starts: wait for the whole pool, so that every actor works (Ray Data's own setting)
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 120
     yield cluster
     ray.shutdown()
     cluster.shutdown()
 
 
 @pytest.mark.slow
-def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_path):
+@pytest.mark.parametrize("decode_tasks", [False, True], ids=["actors-decode", "tasks-decode-as-with-gpus"])
+def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_path, decode_tasks):
     import ray
 
     from service.bulk import predict_on_ray, read_parts
@@ -84,7 +88,7 @@ def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_p
     local = tmp_path / "local.jsonl"
     predict(str(graph), [images], local, top_k=10, batch_size=8, workers=0, probabilities=True)
     summary = predict_on_ray(str(graph), [images], tmp_path / "parts", cluster.address, top_k=10, batch_size=8,
-                             probabilities=True, rows_per_file=16)  # fmt: skip
+                             probabilities=True, rows_per_file=16, decode_tasks=decode_tasks)  # fmt: skip
     assert (summary.classified, summary.unreadable, summary.skipped) == (120, 2, 0)
     assert summary.files == len(list((tmp_path / "parts").glob("part-*.parquet"))) >= 122 // 16
 
@@ -92,7 +96,10 @@ def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_p
     assert len(node_ids) == 2
     worked = {key.split()[1] for key in summary.nodes}
     assert worked == node_ids, summary.nodes  # both nodes decoded or classified
-    assert sum(n for key, n in summary.nodes.items() if key.startswith("decode ")) == 122
+    for step in ("decode", "classify"):
+        assert sum(n for key, n in summary.nodes.items() if key.startswith(f"{step} ")) == 122
+    if not decode_tasks:  # an actor a CPU: one on each node, each decoding what it classifies
+        assert {key.split()[1] for key in summary.nodes if key.startswith("classify ")} == node_ids
 
     expected = sorted(read_rows(local), key=lambda r: r["path"])
     got = read_parts(tmp_path / "parts")
