@@ -1,9 +1,14 @@
 """Bulk classification on Ray Data (service/bulk.py) against the local paths: where Ray's cost goes, one run each.
 
-    python -m bench.bulk_scaling                          # all three parts
+    python -m bench.bulk_scaling                          # every part
+    python -m bench.bulk_scaling --parts decode --decode-images 20000
     python -m bench.bulk_scaling --parts compute --images 500
     python -m bench.bulk_scaling --parts cluster overhead --images 1000
 
+  decode: the issue's decode-bound targets, on the digits graph over `--decode-images` JPEGs: `service.predict
+      --ray` starting Ray on this machine, and again on a Ray already running here (ray.cluster_utils, 127.0.0.1),
+      against `training pseudo-label`, one process decoding and calling the session in a loop, the local
+      `service.predict`, and the decode limit (decoding alone, one process per core);
   compute: a ResNet-18 graph at 224 (random weights: the speed does not depend on them) over 500x375 JPEGs:
       `service.predict --ray` (Ray on this machine) against the model-only rate of the same graph on the same
       cores (`Graph.run` on random batches), `training pseudo-label`, `service.predict` (the local path) and one
@@ -36,7 +41,7 @@ import numpy as np
 from bench.common import cli, write_report
 from bench.predict_throughput import ROOT, in_one_process, make_photos, prepared_checkpoint, run
 
-PARTS = ("compute", "cluster", "overhead")
+PARTS = ("decode", "compute", "cluster", "overhead")
 SUMMARY = re.compile(r"([\d.]+) images/s \(([\d.]+) s\).*Ray start-up ([\d.]+) s; decoded on (\d+) node\(s\), "
                      r"classified on (\d+)")  # fmt: skip
 
@@ -45,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bulk_scaling", description=__doc__.split("\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--images", type=int, default=500, help="500x375 JPEGs for compute and cluster")
+    p.add_argument("--decode-images", type=int, default=20000, help="500x375 JPEGs for decode")
     p.add_argument("--sizes", type=int, nargs=2, default=[200, 1000], help="the two job sizes of overhead")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--checkpoint", help="a digits checkpoint (default: train one epoch, as predict_throughput does)")
@@ -93,6 +99,39 @@ def model_only(graph: Path, batch_size: int, images: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def decode_only(paths: list[Path], preprocess: dict, cores: int) -> float:
+    """Seconds to decode every file and nothing else, in one process per core (the local path's decoding)."""
+    from service.files import decode_files, decoding_pool
+
+    start = time.perf_counter()
+    with decoding_pool(cores) as pool:
+        for _ in decode_files(paths, preprocess, pool=pool, chunk=64):
+            pass
+    return time.perf_counter() - start
+
+
+class RunningRay:
+    """A Ray head with `cpus` CPUs on 127.0.0.1 (ray.cluster_utils), started before the timed job: what a user
+    who keeps Ray running between jobs (`ray start --head`) pays per job."""
+
+    def __init__(self, cpus: list[int]):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (service/bulk.py, start_ray)
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus[0], "include_dashboard": False,
+                                                                     "node_ip_address": "127.0.0.1"})  # fmt: skip
+        for n in cpus[1:]:
+            self.cluster.add_node(num_cpus=n, node_ip_address="127.0.0.1")
+        self.cluster.wait_for_nodes()
+        self.address = self.cluster.address
+
+    def __enter__(self) -> RunningRay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.shutdown()
+
+
 def on_ray(graph: Path, photos: Path, out: Path, batch_size: int, address: str = "", log: Path | None = None) -> dict:
     """`service.predict GRAPH PHOTOS --ray [ADDRESS]` into a fresh `out`: wall seconds and its own summary."""
     shutil.rmtree(out, ignore_errors=True)  # a rerun into the same folder would skip every image
@@ -136,22 +175,50 @@ def compute(args: argparse.Namespace, work: Path, results: list[dict]) -> None:
 
 def cluster(args: argparse.Namespace, work: Path, graph: Path, results: list[dict]) -> None:
     """The same job on one node with 2 CPUs, then on two nodes of one CPU each, every node on 127.0.0.1."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (service/bulk.py, start_ray)
-    from ray.cluster_utils import Cluster
-
     photos = work / f"photos-{args.images}"
     n = len(make_photos(photos, args.images))
     for name, nodes in (("one node, 2 CPUs", [2]), ("two nodes, 1 CPU each", [1, 1])):
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": nodes[0], "node_ip_address": "127.0.0.1",
-                                                          "include_dashboard": False})  # fmt: skip
-        try:
-            for cpus in nodes[1:]:
-                c.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
-            c.wait_for_nodes()
-            ray = on_ray(graph, photos, work / f"parts-{len(nodes)}", args.batch_size, c.address)
-        finally:
-            c.shutdown()
+        with RunningRay(nodes) as running:
+            ray = on_ray(graph, photos, work / f"parts-{len(nodes)}", args.batch_size, running.address)
         figure(results, "cluster", f"service.predict --ray ADDRESS, {name}", n, ray["seconds"], ray=ray)
+
+
+def decode_bound(args: argparse.Namespace, work: Path, graph: Path, checkpoint: Path, results: list[dict]) -> dict:
+    """The issue's decode-bound targets at one job size: Ray (started by the job, and already running) against
+    the local ways, each ratio from this one run."""
+    from core import metadata
+    from service.runtime import Graph
+
+    n, part, cores = args.decode_images, "decode", len(os.sched_getaffinity(0))
+    photos = work / f"photos-{n}"
+    paths = make_photos(photos, n)
+    seconds: dict[str, float] = {}
+
+    def timed(key: str, method: str, s: float, **extra: Any) -> None:
+        seconds[key] = s
+        figure(results, part, method, n, s, **extra)
+
+    preprocess = metadata.preprocess_of(Graph(graph, "cpu").meta)
+    timed("decode", f"decode limit: decoding alone, {cores} processes", decode_only(paths, preprocess, cores))
+    timed("model", f"model only: Graph.run, random batches of {args.batch_size}",
+          n / model_only(graph, args.batch_size, n))  # fmt: skip
+    timed("loop", "one process: decode + session loop", in_one_process(graph, paths, args.batch_size))
+    predict = [sys.executable, "-m", "service.predict", str(graph), str(photos), "--out", str(work / "rows.csv"),
+               "--batch-size", str(args.batch_size)]  # fmt: skip
+    timed("predict", "service.predict (local)", run(predict, work / "p.log")[0])
+    label = [sys.executable, "-m", "training", "pseudo-label", str(checkpoint), "--images", str(photos), "--out",
+             str(work / "labels.csv"), "--device", "cpu", "--batch-size", str(args.batch_size)]  # fmt: skip
+    timed("pseudo_label", "training pseudo-label (PyTorch)", run(label, work / "pl.log")[0])
+    ray = on_ray(graph, photos, work / "parts-decode", args.batch_size)
+    timed("ray", "service.predict --ray (starts Ray)", ray["seconds"], ray=ray)
+    with RunningRay([cores]) as running:
+        warm = on_ray(graph, photos, work / "parts-decode", args.batch_size, running.address)
+    timed("ray_running", "service.predict --ray ADDRESS (Ray already running)", warm["seconds"], ray=warm)
+    figures = {}
+    for key in ("ray", "ray_running"):
+        for base in ("pseudo_label", "loop", "predict", "decode"):
+            figures[f"{key}_over_{base}"] = round(seconds[base] / seconds[key], 2)
+    return figures
 
 
 def overhead(args: argparse.Namespace, work: Path, graph: Path, results: list[dict]) -> dict[str, float]:
@@ -199,18 +266,24 @@ def measure(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     figures: dict[str, float] = {}
     digits = work / "digits.onnx"
-    if {"cluster", "overhead"} & set(args.parts) and not digits.exists():
+    if {"decode", "cluster", "overhead"} & set(args.parts):
         checkpoint = prepared_checkpoint(args, work)
-        run([sys.executable, "-m", "export", str(checkpoint), "--out", str(digits)], work / "export.log")
+        if not digits.exists():
+            run([sys.executable, "-m", "export", str(checkpoint), "--out", str(digits)], work / "export.log")
+    if "decode" in args.parts:
+        figures.update(decode_bound(args, work, digits, checkpoint, results))
+        print(f"[decode] {figures}", flush=True)
     if "compute" in args.parts:
         compute(args, work, results)
     if "cluster" in args.parts:
         cluster(args, work, digits, results)
     if "overhead" in args.parts:
-        figures = overhead(args, work, digits, results)
-        print(f"[overhead] {figures}", flush=True)
+        fitted = overhead(args, work, digits, results)
+        figures.update(fitted)
+        print(f"[overhead] {fitted}", flush=True)
     cores = len(os.sched_getaffinity(0))
-    settings = {"images": args.images, "sizes": args.sizes, "batch_size": args.batch_size, "cores": cores,
+    settings = {"images": args.images, "decode_images": args.decode_images, "sizes": args.sizes,
+                "batch_size": args.batch_size, "cores": cores,
                 "machine": platform.processor() or platform.machine(), "python": platform.python_version()}  # fmt: skip
     lines = ["# Bulk classification on Ray Data against the local paths (bench/bulk_scaling.py)", "",
              f"500x375 JPEGs, batch {args.batch_size}, {cores} cores, Python {settings['python']}; one run each, wall "
@@ -223,7 +296,7 @@ def measure(args: argparse.Namespace) -> None:
         lines.append(f"| {r['part']} | {r['method']} | {r['images']} | {r['images_per_s']} | {r['seconds']} | "
                      f"{ray.get('startup_s', '')} | {nodes} | {r['load']} |")  # fmt: skip
     if figures:
-        lines += ["", f"overhead: {figures}"]
+        lines += ["", f"figures: {figures}"]
     write_report(args.out, {"settings": settings, "results": results, **figures}, "\n".join(lines) + "\n")
 
 

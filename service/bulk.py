@@ -200,14 +200,21 @@ class BulkSummary(Summary):
                 f"{len(classifiers)})")  # fmt: skip
 
 
-def start_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); without either, start Ray on this machine, on
-    127.0.0.1 and without its dashboard (nothing listens beyond this machine)."""
+def ray_address(address: str | None) -> str | None:
+    """`address`, else $RAY_ADDRESS, else None (start Ray here). Before Ray is first imported: for an address on
+    this machine (or none), Ray is told to keep 127.0.0.1, which it otherwise swaps for the machine's network
+    address when it resolves a node's (ray/_private/services.py, get_node_ip_address, reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import; ray 2.60): a job on this machine would then call a
+    cluster listening on 127.0.0.1 at an address it does not listen on."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
-        # Ray otherwise swaps 127.0.0.1 for the machine's network address when it resolves a node's
-        # (ray/_private/services.py, resolve_ip_for_localhost; ray 2.60), which a run on this machine never needs
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    return address
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address` (ray_address's); without one, start Ray on this machine, on 127.0.0.1 and
+    without its dashboard (nothing listens beyond this machine)."""
     import ray
 
     if ray.is_initialized():
@@ -216,7 +223,13 @@ def start_ray(address: str | None) -> None:
         # "local": a new instance, never the cluster a `ray start` or an earlier test left recorded in /tmp/ray
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     else:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            # Ray 2.59-2.60: `ray start` turns token authentication on, a joining driver only with RAY_AUTH_MODE
+            hint = "; a cluster that `ray start` began (Ray 2.59 or later) asks for its token: set RAY_AUTH_MODE=token"
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else hint
+            raise UserError(f"cannot join the Ray cluster at {address}: {e}{hint}") from None
 
 
 def gpus_in_cluster() -> int:
@@ -263,6 +276,7 @@ def predict_on_ray(
         raise UserError(f"--part-rows must be at least 1, got {rows_per_file}")
     if actors is not None and actors < 1:
         raise UserError(f"--actors must be at least 1, got {actors}")
+    address = ray_address(address)
     try:
         import pyarrow  # noqa: F401
         import ray.data

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from core.cores import usable_cores
 from core.errors import UserError, one_line
 from core.images import IMAGE_EXTENSIONS
 from core.voting import VOTINGS
@@ -195,8 +195,8 @@ class Summary:
 
 
 def default_workers() -> int:
-    """Decoding processes by default: one per core this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Decoding processes by default: one per core this process may use (core.cores)."""
+    return usable_cores()
 
 
 def check_settings(top_k: int, batch_size: int, workers: int | None) -> int:

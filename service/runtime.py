@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core import metadata
+from core.cores import session_threads
 from core.devices import CPU, CUDA, DeviceError, uses_gpu  # the provider choice, shared with the export check
 from service.config import CudaOptions, ServingConfig
 
@@ -85,7 +86,8 @@ class Graph:
         cuda: CudaOptions | None = None,
         device_id: int = 0,
     ):
-        """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: its default, one per core).
+        """cpu_threads: ONNX Runtime's intra-op threads on the CPU provider (0: core.cores.session_threads, its
+        own default of one per core where no CPU quota allows fewer).
         device_id: the GPU (CUDA device ordinal) the CUDA provider runs on."""
         self.path = Path(path)
         self.on_gpu = uses_gpu(device)
@@ -94,7 +96,8 @@ class Graph:
         if cuda.cuda_graph and self.on_gpu and not self.sizes:
             raise DeviceError("cuda.cuda_graph needs fixed batch sizes (batching.sizes)")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_threads
+        self.cpu_threads = cpu_threads or session_threads()
+        options.intra_op_num_threads = self.cpu_threads
         # ONNX Runtime's intra-op threads spin-wait between calls by default, taking the cores that the
         # threads decoding uploads need: on 2 cores, turning it off took the service at one client from
         # 1.83 to 1.09 cores busy and raised its throughput by 10-23% at 16-64 clients (bench/README.md)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import sys
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from pydantic import Field
 from starlette.datastructures import UploadFile
 
 from core import metadata
+from core.cores import session_threads, usable_cores
 from core.metadata import MODEL_FILE
 from core.voting import vote
 from service import auth, bodies, connections, docs_page, gpus, openapi, packed, port, runtime, stored, timeout
@@ -131,9 +131,9 @@ class Classifier(_StoredModels):
         # call, and calls that overlap would only compete for them
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.model_info, self.preprocess, self.batchers = {}, {}, {}
-        # several workers share the cores: each session gets its share of them on the CPU provider
-        cores = len(os.sched_getaffinity(0))
-        cpu_threads = max(1, cores // WORKERS) if WORKERS > 1 else 0
+        # several workers share the cores (those a container's CPU limit allows): each session gets its share
+        cores = usable_cores()
+        cpu_threads = session_threads(WORKERS)
         gpu = gpus.of_worker(GPUS, bentoml.server_context.worker_index) if GPUS else 0
         sizes = runtime.batch_sizes(CONFIG, runtime.uses_gpu(CONFIG.device))
         for i, name in enumerate(NAMES):
@@ -179,9 +179,11 @@ class Classifier(_StoredModels):
         self.budget = Budget(CONFIG.limits.decode_budget_bytes, CONFIG.limits.decode_wait_ms)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
         self.decoder = decoding_processes(processes)
-        if GPUS:  # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
-            print(f"worker {bentoml.server_context.worker_index} of {WORKERS}: sessions on GPU {gpu} "
-                  f"({graph.provider}), decoding in {processes} processes", file=sys.stderr, flush=True)  # fmt: skip
+        # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
+        threads = graph.cpu_threads or "one per core"
+        where = f"GPU {gpu} ({graph.provider})" if GPUS else f"the CPU (session threads: {threads})"
+        print(f"worker {bentoml.server_context.worker_index} of {WORKERS}: sessions on {where}, decoding in "
+              f"{processes} processes", file=sys.stderr, flush=True)  # fmt: skip
         # what start-up allocated (about 120,000 objects: BentoML, pydantic schemas, ONNX Runtime) stays
         # for the life of the process; left in the collector's oldest generation, each full collection
         # walked all of it and stalled the event loop (measured with gc.callbacks), which set the open-loop
