@@ -72,8 +72,8 @@ def resnet18_224(work: Path) -> tuple[Path, Path]:
 
     from export.graph import export_onnx
     from training import checkpoint as ckpt
+    from training.checkpoint import checkpoint_dict
     from training.config import load_config
-    from training.fit import checkpoint_dict
     from training.models import build_model
 
     torch.manual_seed(0)

@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_photos(folder: Path, count: int) -> list[Path]:
-    """`count` JPEGs of 500x375 cut from the sample photos at random places and scales (seed 0); reused."""
+    """`count` JPEGs of 500x375 cut from the sample photos at random places and scales (seed 0); reused, and
+    only the missing ones made (a folder may start as links to a smaller one's files)."""
     import skimage
     from PIL import Image
     from sklearn.datasets import load_sample_image
@@ -81,6 +82,8 @@ def make_photos(folder: Path, count: int) -> list[Path]:
         w = int(min(source.width, source.height * 4 / 3) * scale)
         h = int(w * 3 / 4)
         left, top = rng.integers(0, source.width - w + 1), rng.integers(0, source.height - h + 1)
+        if path.exists():  # the draws above still ran: file i is the same in every folder of this seed
+            continue
         source.crop((left, top, left + w, top + h)).resize(SIZE, Image.Resampling.BICUBIC).save(path, quality=90)
     return paths
 

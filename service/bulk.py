@@ -174,8 +174,9 @@ class Layout:
 def layout(cpus: int, gpus: int, actors: int | None = None, decode_tasks: bool | None = None) -> Layout:
     """Where GPUs exist, one actor a GPU and the CPUs decode in tasks (Ray's batch-inference layout). On CPUs
     only, every core runs an actor that decodes and classifies: decoding is most of the work there, and an
-    actor that decodes its own files saves each image a trip through the object store (the split layout ran
-    2.1 ms an image against 0.9 locally, bench/README.md). `decode_tasks` forces the split on CPUs (tests)."""
+    actor that decodes its own files saves each image a trip through the object store and each call a hand-off
+    between two pools (bench/README.md, "On Ray Data", has both layouts' costs). `decode_tasks` forces the split
+    on CPUs (tests)."""
     if gpus:
         return Layout(actors or gpus, 0, 1, True)
     pool = actors or max(cpus, 1)
