@@ -227,3 +227,13 @@ def test_teacher_labels_need_the_probabilities_of_the_teachers_classes(graph, im
     paths, probs = teacher_labels(tmp_path / "full.csv", digits)
     assert paths == sorted(p for p in list_images([images / "a"]) if p.name != "not-an-image.png")
     assert probs.shape == (60, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_the_layout_runs_an_actor_a_cpu_and_on_gpus_decodes_in_tasks():
+    from service.bulk import Layout, layout
+
+    assert layout(cpus=2, gpus=0) == Layout(actors=2, actor_cpus=1, actor_gpus=0, decode_tasks=False)
+    assert layout(cpus=16, gpus=0, actors=4) == Layout(4, 4, 0, False)  # fewer actors: more threads each
+    assert layout(cpus=2, gpus=0, actors=4) == Layout(4, 0.5, 0, False)  # more actors than CPUs share them
+    assert layout(cpus=64, gpus=4) == Layout(4, 0, 1, True)  # one a GPU; the CPUs decode
+    assert layout(cpus=2, gpus=0, decode_tasks=True) == Layout(2, 0, 0, True)
