@@ -226,14 +226,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str], log: Path, ready: str, wait: float = 240):
-    """Start a server process group on a free port; yield its URL once `ready` answers 200."""
+def server(cmd: list[str], env: dict[str, str], log: Path, ready: str, wait: float = 240, cwd: Path = ROOT):
+    """Start a server process group on a free port, in `cwd` (the tree it serves); yield its URL once `ready`
+    answers 200."""
     import httpx
 
     port = _free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + wait
