@@ -101,10 +101,11 @@ def model_only(graph: Path, batch_size: int, images: int) -> float:
 
 def decode_only(paths: list[Path], preprocess: dict, cores: int) -> float:
     """Seconds to decode every file and nothing else, in one process per core (the local path's decoding)."""
-    from service.files import decode_files, decoding_pool
+    from service.decode import decoding_processes
+    from service.files import decode_files
 
     start = time.perf_counter()
-    with decoding_pool(cores) as pool:
+    with decoding_processes(cores) as pool:
         for _ in decode_files(paths, preprocess, pool=pool, chunk=64):
             pass
     return time.perf_counter() - start

@@ -9,7 +9,6 @@ results out, nothing that needs a session.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,12 +73,6 @@ def decode_file(path: str | Path, limits: Limits, preprocess: dict[str, Any]) ->
 def decode_chunk(paths: Sequence[str | Path], limits: Limits, preprocess: dict[str, Any]) -> list[Decoded]:
     """Several files at once: what a decoding process runs per task, so that one round trip carries many images."""
     return [decode_file(p, limits, preprocess) for p in paths]
-
-
-def decoding_pool(workers: int) -> ProcessPoolExecutor:
-    """`workers` decoding processes, spawned rather than forked: the caller already runs ONNX Runtime's
-    threads, and a fork copies their locks in whatever state they are (as service/service.py's pool)."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def decode_files(

@@ -36,7 +36,8 @@ from core.errors import UserError, one_line
 from core.images import IMAGE_EXTENSIONS
 from core.voting import VOTINGS
 from service.config import Limits
-from service.files import Decoded, decode_files, decoding_pool, list_images
+from service.decode import decoding_processes
+from service.files import Decoded, decode_files, list_images
 from service.models import Model, Ranked
 
 COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
@@ -224,7 +225,7 @@ def classify(
     process; None: one per core), the sessions in this one."""
     workers = check_settings(top_k, batch_size, workers)
     k = min(top_k, len(model.labels))
-    pool = decoding_pool(workers) if workers and paths else None
+    pool = decoding_processes(workers) if paths else None
     try:
         decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers)
         for batch in batches(decoded, batch_size, model.input_shape):
