@@ -12,7 +12,6 @@ while the attack runs. Writes bench/results/attacks.{json,md} and prints the tab
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import socket
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import cli, write_report
-from bench.serve_load import ROOT, SERVE, prepare_models, process_tree, server, store_env
+from bench.serve_load import ROOT, SERVE, prepare_models, process_tree, rss_bytes, server, store_env
 from service.config import Limits
 
 
@@ -177,29 +176,19 @@ def attacks(target: Url, slow_seconds: float) -> list[tuple[str, Callable[[], st
     return out
 
 
-def _rss(processes: list) -> int:
-    import psutil
-
-    total = 0
-    for p in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
-
-
 def measure(url: str, workers: list, attack: Callable[[], str], normal: bytes) -> dict[str, Any]:
     """Run `attack`; meanwhile sample the workers' memory and send ordinary requests one after another."""
     import httpx
 
     done = threading.Event()
-    before = _rss(workers)
+    before = rss_bytes(workers)
     peak = [before]
     latencies: list[float] = []
     statuses: list[int] = []
 
     def sample() -> None:
         while not done.is_set():
-            peak.append(_rss(workers))
+            peak.append(rss_bytes(workers))
             time.sleep(0.01)
 
     def probe() -> None:
@@ -246,7 +235,7 @@ def run(args: argparse.Namespace) -> None:
 
         for _ in range(20):  # warm: the first requests pay one-off costs
             httpx.post(f"{url}/classify", files=[("images", ("n.png", normal, "image/png"))], timeout=60)
-        idle = _rss(workers)
+        idle = rss_bytes(workers)
         print(f"worker idle RSS {idle / 2**20:.0f} MB; decoding budget {budget / 2**20:.0f} MB", flush=True)
         for name, attack in attacks(Url(url), args.slow_seconds):
             result = measure(url, workers, attack, normal)

@@ -266,6 +266,17 @@ def process_tree(proc: subprocess.Popen) -> list:
         return []
 
 
+def rss_bytes(processes: list) -> int:
+    """Resident memory of psutil processes together (one that has exited counts 0)."""
+    import psutil
+
+    total = 0
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
 def server_cpu_seconds(proc: subprocess.Popen) -> float:
     """CPU seconds used so far by a server and all its worker processes."""
     import psutil

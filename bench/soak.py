@@ -30,7 +30,7 @@ import numpy as np
 
 from bench import loadgen
 from bench.common import cli, write_report
-from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, server, store_env
+from bench.serve_load import ROOT, SERVE, photos, prepare_models, process_tree, rss_bytes, server, store_env
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -72,17 +72,6 @@ def expected_labels(graph_path: Path, images: list[tuple[str, bytes]]) -> list[s
     pre = metadata.preprocess_of(graph.meta)
     pixels = np.stack([decode(data, 0, Limits(), pre) for _, data in images])
     return [graph.meta["labels"][i] for i in graph.run(pixels)["probabilities"].argmax(1)]
-
-
-def rss_bytes(proc) -> int:
-    """Resident memory of a server and all its worker processes."""
-    import psutil
-
-    total = 0
-    for p in process_tree(proc):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
 
 
 def service_workers(proc) -> list[int]:
@@ -164,9 +153,9 @@ def run(args: argparse.Namespace) -> None:
     with server(SERVE, {**env, "SERVING_CONFIG": str(serving)}, work / "serve-soak.log", "/readyz") as (url, proc):
         common = {"concurrency": args.concurrency, "processes": args.client_processes, "warmup": 3.0}
         report["clean"] = loadgen.run(url, good, duration=args.duration, **common)
-        rss_clean = rss_bytes(proc)
+        rss_clean = rss_bytes(process_tree(proc))
         report["faulty"] = loadgen.run(url, mixed, duration=args.duration, **common)
-        rss_after = rss_bytes(proc)
+        rss_after = rss_bytes(process_tree(proc))
         report["rss_mb"] = {"after_clean": round(rss_clean / 2**20, 1), "after_faulty": round(rss_after / 2**20, 1),
                             "change": round(rss_after / rss_clean - 1, 4)}  # fmt: skip
         report["p99_change"] = round(report["faulty"]["p99_ms"] / report["clean"]["p99_ms"] - 1, 4)
