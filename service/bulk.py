@@ -38,7 +38,7 @@ from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
 from service.files import Decoded, decode_chunk, list_images
-from service.models import Model, Ranked
+from service.models import Model
 from service.predict import Summary, batches, check_settings, rows
 
 PART_GLOB = "part-*.parquet"
@@ -150,8 +150,7 @@ class Classify:
             decode_nodes = [node] * len(decoded)
         table: list[dict[str, Any]] = []
         for part in batches(decoded, self.batch_size, self.model.input_shape):
-            ranked = self.model(part.pixels) if len(part.pixels) else Ranked(np.empty((0, 0)), np.empty((0, 0)))
-            table += rows(part, ranked, self.model.labels, self.k, self.probabilities)
+            table += rows(part, self.model(part.pixels), self.model.labels, self.k, self.probabilities)
         name = write_part(table, self.out, self.probabilities)
         nodes = Counter(f"decode {n}" for n in decode_nodes)
         nodes[f"classify {node}"] += len(table)

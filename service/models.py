@@ -141,6 +141,9 @@ class Model:
         return np.stack([m.graph.run(pixels)["probabilities"] for m in self.members])
 
     def __call__(self, pixels: np.ndarray) -> Ranked:
+        if not len(pixels):  # a batch of files that all failed to decode: no session call
+            empty = np.empty((0, len(self.labels)))
+            return Ranked(empty, empty.astype(np.int64))
         members = self.member_probabilities(pixels)
         if not self.is_ensemble:  # /classify's ranking: the probabilities themselves, ties to the lower index
             return Ranked(members[0], np.argsort(-members[0], axis=1, kind="stable"))

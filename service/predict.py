@@ -229,8 +229,7 @@ def classify(
     try:
         decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers)
         for batch in batches(decoded, batch_size, model.input_shape):
-            ranked = model(batch.pixels) if len(batch.pixels) else Ranked(np.empty((0, 0)), np.empty((0, 0)))
-            yield rows(batch, ranked, model.labels, k, probabilities)
+            yield rows(batch, model(batch.pixels), model.labels, k, probabilities)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -110,6 +110,10 @@ def test_unreadable_files_are_listed_with_their_error_and_the_rest_classified(gr
         assert r["label"] == r["top_k"][0]["label"] == str(r["index"])
         assert r["probability"] == r["top_k"][0]["probability"] == max(e["probability"] for e in r["top_k"])
 
+    # only unreadable files: their batch holds no pixels, and the run still writes their rows
+    bad = [photos / "b" / "not-an-image.png", photos / "b" / "truncated.png"]
+    assert (predict(str(graphs["a"]), bad, out, workers=0).classified, len(read_rows(out))) == (0, 2)
+
 
 def test_csv_holds_the_columns_and_top_k_as_json(graphs, photos, tmp_path):
     out = tmp_path / "rows.csv"
