@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import typing as t
+
 
 class UserError(Exception):
     """A problem the user can fix: a bad recipe key, a missing folder, an unreadable checkpoint..."""
@@ -16,3 +19,10 @@ def one_line(error: BaseException) -> str:
     """
     message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return f"error: {message.split('UserError: ')[-1]}"
+
+
+def exit_with(*lines: str) -> t.NoReturn:
+    """Stop a command the way every start-up check and CLI does: each line as `error: ...` on stderr (no traceback),
+    then exit status 2."""
+    print("\n".join(f"error: {line}" for line in lines), file=sys.stderr, flush=True)
+    raise SystemExit(2)

@@ -1,6 +1,6 @@
 """serving.yaml (or $SERVING_CONFIG): which models and ensembles to serve, on what device, with which limits.
 
-The file is described by typed pydantic models (`ServingFile` and its sections), so every key, type, range
+The file is described by typed pydantic models (`ServingConfig` and its sections), so every key, type, range
 and unknown key is checked in one place; `parse` turns any mistake into one line that names the key path,
 the value and what is expected (core/schema.py, which renders training recipes' mistakes too), and builds
 the `ServingConfig` the service reads.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import typing as t
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -160,7 +159,7 @@ class Connections(_Section):
 
 
 class Auth(_Section):
-    """API keys (service/auth.py). api_keys_file: one key a line, blank lines and `#` comments ignored (a mounted
+    """API keys (service/http/keys.py). api_keys_file: one key a line, blank lines and `#` comments ignored (a mounted
     Kubernetes Secret is such a file); read when `bentoml serve` starts and again whenever it changes. Every route
     but the health checks then needs a key, except /metrics and the docs where these say so: both open by default,
     as Prometheus scrapes without a key unless told one, and a browser cannot send a header to open the page at /
@@ -188,8 +187,8 @@ def _tag(tag: str) -> str:
     return tag
 
 
-class ServingFile(_Section):
-    """The whole file, key for key."""
+class ServingConfig(_Section):
+    """The whole file, key for key: what the service, its start-up checks and the Bento read."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     default_model: str | None = Field(None, description="text: one of models (default: the first)")
@@ -227,8 +226,13 @@ class ServingFile(_Section):
                              f"got {gpus!r}")  # fmt: skip
         return gpus
 
+    @property
+    def workers_set(self) -> bool:
+        """`workers` given in the file, not its default (with gpus: one worker per GPU)."""
+        return "workers" in self.model_fields_set
+
     @model_validator(mode="after")
-    def _gpus(self) -> ServingFile:
+    def _gpus(self) -> ServingConfig:
         if self.gpus is None:
             return self
         if self.device == "cpu":
@@ -238,38 +242,19 @@ class ServingFile(_Section):
         return self
 
     @model_validator(mode="after")
-    def _names(self) -> ServingFile:
+    def _names(self) -> ServingConfig:
         names = [model_name(m) for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models names a model twice: {self.models}")
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(f"default_model '{self.default_model}' is not one of models {names}")
+        # the name a request without `model` gets (not in model_fields_set: the file did not say it)
+        self.__dict__["default_model"] = self.default_model or names[0]
         for name, ensemble in self.ensembles.items():
             missing = [m for m in ensemble.members if m not in names]
             if missing:
                 raise ValueError(f"ensembles.{name} members {missing} must be served models {names}")
         return self
-
-
-@dataclass
-class ServingConfig:
-    models: list[str]
-    default_model: str
-    device: str = "auto"
-    ensembles: dict[str, Ensemble] = field(default_factory=dict)
-    max_batch_size: int = BATCHING["max_batch_size"]
-    max_latency_ms: int = BATCHING["max_latency_ms"]
-    max_wait_ms: float = BATCHING["max_wait_ms"]
-    batch_sizes: list[int] | str = BATCHING["sizes"]
-    workers: int = 1
-    decode_processes: int = 0
-    cuda: CudaOptions = field(default_factory=CudaOptions)
-    limits: Limits = field(default_factory=Limits)
-    connections: Connections = field(default_factory=Connections)
-    observability: Observability = field(default_factory=Observability)
-    auth: Auth | None = None  # None: every route open
-    gpus: list[int] | str | None = None  # "all", GPU ids, or None: no per-worker GPU (service/gpus.py)
-    workers_set: bool = False  # workers given in the file, not its default (with gpus: one worker per GPU)
 
 
 def few_workers(workers: int, gpus: list[int]) -> str:
@@ -283,31 +268,11 @@ def model_name(tag: str) -> str:
 
 def parse(raw: dict[str, Any]) -> ServingConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {raw!r}")
+        raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingConfig.model_fields)}), got {raw!r}")
     try:
-        file = ServingFile.model_validate(raw)
+        return ServingConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("; ".join(error_lines(e, ServingFile, "serving.yaml"))) from None
-    batching = file.batching
-    return ServingConfig(
-        models=[str(m) for m in file.models],
-        default_model=file.default_model or model_name(file.models[0]),
-        device=file.device,
-        ensembles=dict(file.ensembles),
-        max_batch_size=batching.max_batch_size,
-        max_latency_ms=batching.max_latency_ms,
-        max_wait_ms=float(batching.max_wait_ms),
-        batch_sizes=batching.sizes,
-        workers=file.workers,
-        decode_processes=file.decoding.processes,
-        cuda=file.cuda,
-        limits=file.limits,
-        connections=file.connections,
-        observability=file.observability,
-        auth=file.auth,
-        gpus=file.gpus,
-        workers_set="workers" in file.model_fields_set,
-    )
+        raise ConfigError("; ".join(error_lines(e, ServingConfig, "serving.yaml"))) from None
 
 
 class _UniqueKeys(yaml.SafeLoader):

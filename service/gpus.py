@@ -22,9 +22,9 @@ the work, runs in processes: `decoding.processes` per worker, or the cores divid
 from __future__ import annotations
 
 import os
-import sys
 
 from core import devices
+from core.errors import exit_with
 from service import patches
 from service.config import ServingConfig, few_workers
 
@@ -58,8 +58,7 @@ def ids_or_exit(config: ServingConfig) -> list[int] | None:
         if config.workers_set and config.workers < len(ids):
             raise GpuError(few_workers(config.workers, ids))
     except GpuError as e:
-        print(f"error: serving config: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(f"serving config: {e}")
     return ids
 
 
@@ -77,8 +76,8 @@ def of_worker(ids: list[int], index: int | None) -> int:
 
 def decode_processes(config: ServingConfig, workers: int, cores: int) -> int:
     """Decoding processes per worker: as configured, or with `gpus` each worker's share of the cores."""
-    if config.gpus is None or config.decode_processes:
-        return config.decode_processes
+    if config.gpus is None or config.decoding.processes:
+        return config.decoding.processes
     return max(1, cores // workers)
 
 

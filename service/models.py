@@ -8,6 +8,7 @@ holds its sessions and nothing else: the object a Ray Data callable class keeps 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from core import metadata
 from core.devices import uses_gpu
 from core.errors import UserError
-from core.voting import VOTINGS, vote
+from core.voting import VOTINGS, Vote, vote
 from service.runtime import Graph
 from service.stored import store_path
 
@@ -83,6 +84,24 @@ def check_members(members: list[Member]) -> None:
             raise UserError(f"ensemble {why}")
 
 
+def rank(members: np.ndarray, voting: str = "soft", weights: np.ndarray | None = None) -> Vote:
+    """float [M, N, C] member probabilities -> the ranking of every image: one member's probabilities as they are
+    (best first, ties to the lower index: `/classify`'s order), or the members' vote (`/ensemble`'s)."""
+    if len(members) > 1:
+        return vote(members, voting, weights)
+    scores = members[0]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    winner = order[:, 0]
+    votes = np.zeros(scores.shape, np.int64)
+    votes[np.arange(len(scores)), winner] = 1
+    return Vote(scores, votes, winner, np.ones(len(scores)), order)
+
+
+def top(labels: Sequence[str], scores: np.ndarray, order: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """The first `k` classes of `order` with their scores, as every answer words them."""
+    return [{"label": labels[j], "index": int(j), "probability": float(scores[j])} for j in order[:k]]
+
+
 @dataclass
 class Ranked:
     """Per image: the score of every class (a probability, or an ensemble's (weighted) mean probability) and
@@ -144,8 +163,5 @@ class Model:
         if not len(pixels):  # a batch of files that all failed to decode: no session call
             empty = np.empty((0, len(self.labels)))
             return Ranked(empty, empty.astype(np.int64))
-        members = self.member_probabilities(pixels)
-        if not self.is_ensemble:  # /classify's ranking: the probabilities themselves, ties to the lower index
-            return Ranked(members[0], np.argsort(-members[0], axis=1, kind="stable"))
-        result = vote(members, self.voting, self.weights)
+        result = rank(self.member_probabilities(pixels), self.voting, self.weights)
         return Ranked(result.scores, result.order)

@@ -1,4 +1,4 @@
-"""A request's uploads -> the pixels a graph takes, each image decoded within the worker's budget (service/budget.py).
+"""A request's images -> the pixels a graph takes, each image decoded within the worker's budget (service/budget.py).
 
 Each image is read and its header checked in a thread; where the budget has room at once it is decoded in that same
 thread (one hop off the event loop an image, as before the budget existed). Otherwise the event loop waits for room
@@ -8,6 +8,7 @@ and then decodes it, in a thread or in a decoding process (`decoding.processes`)
 from __future__ import annotations
 
 import asyncio
+import typing as t
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -17,19 +18,33 @@ from starlette.datastructures import UploadFile
 from service.budget import Budget
 from service.config import Limits
 from service.decode import decode, decoding_cost
-from service.upload import read
+from service.errors import InputError
+
+
+def read(image: bytes | UploadFile, index: int, max_bytes: int) -> bytes:
+    """The image's bytes: a raw body as it is, a multipart part refused by its size before it is read into memory.
+    Blocking (a part over Starlette's spooling threshold is on disk): call it off the event loop."""
+    if isinstance(image, bytes):
+        if len(image) > max_bytes:
+            raise InputError(413, f"image {index} is {len(image)} bytes; the limit is {max_bytes}")
+        return image
+    size = image.size if image.size is not None else image.file.seek(0, 2)
+    if size > max_bytes:
+        raise InputError(413, f"image {index} is {size} bytes; the limit is {max_bytes}")
+    image.file.seek(0)
+    return image.file.read()
 
 
 async def pixels(
-    images: list[UploadFile],
+    images: t.Sequence[bytes | UploadFile],
     preprocess: dict[str, Any],
     limits: Limits,
     budget: Budget,
     decoder: ProcessPoolExecutor | None,
 ) -> list[np.ndarray]:
-    """uint8 [crop, crop, 3] per upload, in order; an InputError for the first image refused."""
+    """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
-    def first(i: int, upload: UploadFile) -> np.ndarray | tuple[bytes, int]:
+    def first(i: int, upload: bytes | UploadFile) -> np.ndarray | tuple[bytes, int]:
         """The pixels, where this thread may decode them now; else the bytes and their cost (from the header)."""
         data = read(upload, i, limits.max_image_bytes)
         cost = decoding_cost(data, i, limits, preprocess)
@@ -41,7 +56,7 @@ async def pixels(
         finally:
             budget.give_back(cost)
 
-    async def one(i: int, upload: UploadFile) -> np.ndarray:
+    async def one(i: int, upload: bytes | UploadFile) -> np.ndarray:
         got = await asyncio.to_thread(first, i, upload)
         if isinstance(got, np.ndarray):
             return got
@@ -57,4 +72,10 @@ async def pixels(
 
     # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
     # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
-    return list(await asyncio.gather(*(one(i, upload) for i, upload in enumerate(images))))
+    # every image's work ends before the request does, a refused one's too: the budget it held is back before the
+    # answer, and the refusal names the first image at fault, whichever thread finished first
+    decoded = await asyncio.gather(*(one(i, upload) for i, upload in enumerate(images)), return_exceptions=True)
+    for result in decoded:
+        if isinstance(result, BaseException):
+            raise result
+    return t.cast(list[np.ndarray], decoded)

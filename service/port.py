@@ -1,28 +1,24 @@
 """A busy port stops `bentoml serve` with one line, before BentoML fails on it with a 54-line traceback.
 
-`bentoml serve` imports the service (bentoml_cli/serve.py, `load`) before `serve_http` binds the port
-(_bentoml_impl/server/serving.py: the CircusSocket is bound when the arbiter starts), and BentoML has no hook
-between the two. So at import, in the `bentoml serve` process only (the workers are `python -m
-_bentoml_impl.worker.service` and get the bound socket), `check()` works out the port and host that command
-will bind the way BentoML does: the `serve` command's own `--port`/`--host` (or BENTOML_PORT/BENTOML_HOST),
-parsed by BentoML's click command itself, else BentoML's configuration (`http.port`, `http.host`: 3000 and
-0.0.0.0 unless a BENTOML_CONFIG file says otherwise), and binds it once as circus will (SO_REUSEADDR).
-The port can still be taken between this check and BentoML's bind; then BentoML's own error stands.
-
-Relies on bentoml_cli's `serve` command and BentoML's configuration container (checked against bentoml 1.4.40).
-Guard: `address()`; if what it reads moves, the check is skipped with a log line rather than stopping a server
-that would start (service/patches.py lists it with the other workarounds). It can go when BentoML reports a busy port
-in one line itself.
+`bentoml serve` imports the service before it binds the port, and BentoML has no hook between the two. So at
+import, in the `bentoml serve` process only (its workers get the bound socket), `check()` works out the port and host
+that command will bind from what `bentoml serve --help` documents: `--port`/`-p` and `--host`, or BENTOML_PORT and
+BENTOML_HOST, else 3000 on every address; and binds it once as BentoML will (SO_REUSEADDR). Where a BENTOML_CONFIG
+file may name another port, it does not guess: BentoML's own error stands. So does it where the port is taken
+between this check and BentoML's bind. Only BentoML's documented command line is read: nothing here to guard.
 """
 
 from __future__ import annotations
 
-import logging
+import argparse
+import os
 import socket
 import sys
 from pathlib import Path
 
-logger = logging.getLogger("service")
+from core.errors import exit_with
+
+DEFAULT_HOST, DEFAULT_PORT = "0.0.0.0", 3000  # `bentoml serve --help`
 
 
 def bentoml_command(argv: list[str] | None = None) -> tuple[str, list[str]] | None:
@@ -37,15 +33,15 @@ def bentoml_command(argv: list[str] | None = None) -> tuple[str, list[str]] | No
     return None
 
 
-def address(args: list[str]) -> tuple[str, int]:
-    """The host and port `bentoml serve ARGS` binds."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml_cli.cli import cli
-
-    params = cli.commands["serve"].make_context("serve", list(args), resilient_parsing=True).params
-    host = params.get("host") or BentoMLContainer.http.host.get()
-    port = params.get("port") or BentoMLContainer.http.port.get()
-    return str(host), int(port)
+def address(args: list[str]) -> tuple[str, int] | None:
+    """The host and port `bentoml serve ARGS` binds, or None where a BENTOML_CONFIG file may say otherwise."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-p", "--port", type=int, default=os.environ.get("BENTOML_PORT", DEFAULT_PORT))
+    parser.add_argument("--host", default=os.environ.get("BENTOML_HOST", DEFAULT_HOST))
+    known, _ = parser.parse_known_args(args)
+    if os.environ.get("BENTOML_CONFIG") and not ({"-p", "--port"} & {a.split("=")[0] for a in args}):
+        return None
+    return str(known.host), int(known.port)
 
 
 def in_use(host: str, port: int) -> bool:
@@ -66,16 +62,18 @@ def check(argv: list[str] | None = None) -> None:
     command = bentoml_command(argv)
     if command is None or command[0] != "serve":
         return
-    args = command[1]
     try:
-        host, port = address(args)
-    except Exception as e:  # noqa: BLE001 - BentoML's CLI changed: let BentoML bind and report as it does
-        logger.warning("service/port.py: cannot tell which port bentoml serve binds (%s); not checking it", e)
+        found = address(command[1])
+    except (argparse.ArgumentError, ValueError):  # a value it cannot read: BentoML's own parser says what is wrong
         return
+    if found is None:
+        return
+    host, port = found
     if in_use(host, port):
-        print(f"error: port {port} is in use on {host} (another server?); stop it, or serve on another port: "
-              f"bentoml serve --port {port + 1}", file=sys.stderr)  # fmt: skip
-        raise SystemExit(2)
+        exit_with(
+            f"port {port} is in use on {host} (another server?); stop it, or serve on another port: "
+            f"bentoml serve --port {port + 1}"
+        )
     if host in ("0.0.0.0", "::"):
         # BentoML's start-up line says http://localhost:PORT for every address (serving.py, `log_host`), and the
         # `bentoml serve` process has no logging handler for this package yet: a plain line on stderr

@@ -38,7 +38,7 @@ from core.voting import VOTINGS
 from service.config import Limits
 from service.decode import decoding_processes
 from service.files import Decoded, decode_files, list_images
-from service.models import Model, Ranked
+from service.models import Model, Ranked, top
 
 COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
 LIST_COLUMNS = ("top_k", "probabilities")  # JSON text in a CSV cell
@@ -88,7 +88,7 @@ def rows(
         scores, order = ranked.scores[n], ranked.order[n]
         n += 1
         best = int(order[0])
-        tops = [{"label": labels[j], "index": int(j), "probability": float(scores[j])} for j in order[:top_k]]
+        tops = top(labels, scores, order, top_k)
         out.append({"path": item.path, "label": labels[best], "index": best, "probability": float(scores[best]),
                     "top_k": tops, "error": None})  # fmt: skip
         if probabilities:

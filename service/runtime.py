@@ -38,12 +38,12 @@ def batch_sizes(config: ServingConfig, on_gpu: bool) -> list[int] | None:
     new shape costs nothing and padding would only add work. Powers of two up to max_batch_size keep
     the padding under half of any call.
     """
-    sizes = config.batch_sizes
+    sizes, largest = config.batching.sizes, config.batching.max_batch_size
     if sizes == "none" or (sizes == "auto" and not on_gpu):
         return None
     if sizes == "auto":
-        powers = [2**i for i in range(config.max_batch_size.bit_length()) if 2**i < config.max_batch_size]
-        return [*powers, config.max_batch_size]
+        powers = [2**i for i in range(largest.bit_length()) if 2**i < largest]
+        return [*powers, largest]
     return sorted(sizes)
 
 

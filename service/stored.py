@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from core import metadata
+from core.errors import exit_with
 from service import patches
 from service.config import ServingConfig, model_name
 
@@ -136,12 +137,10 @@ def load_or_exit(config: ServingConfig, device: str) -> dict[str, Any]:
         check_metadata(found)
         check_ensembles(config, {name: model.info.metadata for name, model in found.items()})
     except StartUpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(str(e))
     lines = graph_problems(found, device)
     if lines:
-        print("\n".join(f"error: {line}" for line in lines), file=sys.stderr)
-        raise SystemExit(2)
+        exit_with(*lines)
     return found
 
 

@@ -1,9 +1,10 @@
-"""API keys (service/auth.py) and the Swagger page that loads nothing from outside (service/docs_page.py).
+"""API keys (service/http/keys.py) through a real server, and the page at / with every file it loads.
 
 One real `bentoml serve` with `auth: {api_keys_file, protect_metrics: true}` (docs left open) serving a tiny graph
 (tests/tiny_onnx.py) from a temporary model store: no key, a wrong key and the right one in both headers, the open
-and the closed routes, BentoML's client with `token=`, the keys file swapped as Kubernetes swaps a Secret, and the
-server log searched for every key sent. The tests run in file order on the one server; the last reads its log.
+and the closed routes (BentoML's own among them), the project's client with `key=`, the keys file swapped as
+Kubernetes swaps a Secret, and the server log searched for every key sent. The tests run in file order on the one
+server; the last reads its log. Every route's refusals without a server: tests/test_app.py.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-import bentoml
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from service import config as serving_config
-from service import docs_page
-from service.auth import Keys, KeysError, presented, read_keys
-from service.patches import PatchMismatch
+from service.client import Client, Refused
+from service.http.keys import Keys, KeysError, presented, read_keys
+from service.http.page import ASSETS
 from tests.conftest import ROOT
+from tests.test_app import outside
 from tests.test_service import BENTOML, free_port, serving
 from tests.tiny_onnx import tiny_graph
 
@@ -141,34 +142,39 @@ def test_the_openapi_document_declares_the_keys_and_the_401(server):
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"}
     assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    for route in ("/classify", "/ensemble", "/models"):
-        post = spec["paths"][route]["post"]
-        assert post["security"] == [{"bearer": []}, {"apiKey": []}]
-        assert post["responses"]["401"]["content"]["application/json"]["schema"] == {
+    for route, method in (("/classify", "post"), ("/ensemble", "post"), ("/models", "post"), ("/models", "get")):
+        operation = spec["paths"][route][method]
+        assert operation["security"] == [{"bearer": []}, {"apiKey": []}]
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"
         }
     assert "security" not in spec["paths"]["/livez"]["get"]
 
 
 @pytest.mark.slow
-def test_bentoml_client_sends_its_token(server, png):
-    with bentoml.SyncHTTPClient(server, token=KEYS[1]) as client:
-        assert client.classify(images=[png], top_k=2)[0]["model"] == "tiny"
-        assert set(client.list_models()["models"]) == {"tiny"}
-    with (
-        bentoml.SyncHTTPClient(server) as client,  # no token: the service's 401 message
-        pytest.raises(bentoml.exceptions.BentoMLException, match="no API key"),
-    ):
-        client.list_models()
+def test_the_client_sends_its_key(server, png):
+    with Client(server, key=KEYS[1]) as client:
+        one = client.classify([png], top_k=2)  # one image: the whole body
+        assert one[0]["model"] == "tiny" and len(one[0]["top_k"]) == 2
+        two = client.classify([png, png.read_bytes()], top_k=2)  # several: one multipart request
+        assert two == one * 2
+        assert client.ensemble([png], voting="hard")[0]["voting"] == "hard"
+        assert set(client.models()["models"]) == {"tiny"}
+        with pytest.raises(Refused, match="top_k must be at least 1") as refused:
+            client.classify([png], top_k=0)
+        assert refused.value.status == 400
+    with Client(server) as client, pytest.raises(Refused, match="no API key") as refused:  # no key: the 401
+        client.models()
+    assert refused.value.status == 401
 
 
 @pytest.mark.slow
-def test_the_page_at_the_root_loads_nothing_from_outside(server):
-    page = httpx.get(f"{server}/", timeout=30).text
-    assert "swagger-ui" in page and "googletagmanager" not in page.lower()
-    assert docs_page.outside(page) == []
-    script = httpx.get(f"{server}/static_content/swagger-initializer.js", timeout=30).text
-    assert "validatorUrl: null" in script and 'url: "./docs.json"' in script
+def test_the_page_at_the_root_loads_nothing_from_outside_and_everything_it_names(server):
+    page = httpx.get(f"{server}/", timeout=30).text  # the service's page, not BentoML's (the mount comes first)
+    assert "swagger-ui" in page and "googletagmanager" not in page.lower() and "validatorUrl: null" in page
+    assert outside(page) == []
+    for name in ASSETS:  # BentoML serves Swagger UI's files
+        assert httpx.get(f"{server}/static_content/{name}", timeout=30).status_code == 200, name
 
 
 def _eventually(check, seconds: float = 30) -> None:
@@ -258,24 +264,3 @@ def test_the_auth_section_is_checked():
     ]:
         with pytest.raises(serving_config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             serving_config.parse({**base, "auth": auth})
-
-
-def test_the_page_guard_fires_when_bentoml_changes_its_page(monkeypatch, tmp_path):
-    docs_page.check()
-    page, index = tmp_path / "main-openapi.html", docs_page.INDEX
-    original = index.read_text()
-    for changed, message in [
-        (original.replace("<!-- End Google Tag Manager (noscript) -->", ""), "has 1 Google Tag Manager blocks"),
-        (original.replace("</head>", '<script src="https://cdn.example.com/x.js"></script></head>'),
-         "still loads \\['https://cdn.example.com/x.js'\\]"),
-    ]:  # fmt: skip
-        page.write_text(changed)
-        monkeypatch.setattr(docs_page, "INDEX", page)
-        with pytest.raises(PatchMismatch, match=f"^service/docs_page.py relies on bentoml internals .*{message}"):
-            docs_page.check()
-    script = tmp_path / "swagger-initializer.js"
-    script.write_text('window.ui = SwaggerUIBundle({url: "/docs.json"});')
-    monkeypatch.setattr(docs_page, "INDEX", index)
-    monkeypatch.setattr(docs_page, "INITIALIZER", script)
-    with pytest.raises(PatchMismatch, match="no longer sets the spec URL"):
-        docs_page.check()

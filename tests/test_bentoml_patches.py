@@ -12,22 +12,19 @@ import sys
 from importlib import metadata
 
 import pytest
-from _bentoml_impl.serde import MultipartSerde
-from _bentoml_sdk import io_models
 from bentoml._internal.server import base_app
 from bentoml._internal.server.http import traffic
 from starlette.middleware import Middleware
 
-from service import timeout, upload
+from service import timeout
 from service.patches import PatchMismatch
 from tests.conftest import ROOT
 
 VERSION = metadata.version("bentoml")
 
 
-def test_the_installed_bentoml_has_what_both_patches_rely_on():
+def test_the_installed_bentoml_has_what_the_timeout_patch_relies_on():
     timeout.check()
-    upload.check()
 
 
 def test_the_timeout_guard_fires_when_the_middleware_changes(monkeypatch):
@@ -47,29 +44,11 @@ def test_the_timeout_guard_fires_when_the_middleware_changes(monkeypatch):
     timeout.check()  # the real middleware again
 
 
-def test_the_upload_guard_fires_when_multipart_parsing_changes(monkeypatch):
-    with monkeypatch.context() as m:  # a PurePath subclass is no longer a file field
-        m.setattr(io_models, "is_file_type", lambda type_: False)
-        with pytest.raises(PatchMismatch, match=rf"^service/upload.py .* bentoml {VERSION} .*multipart_fields"):
-            upload.check()
-
-    async def to_temporary_file(obj):  # parts handed on as paths, as BentoML's own Path fields get them
-        return "/tmp/upload-0001.png"
-
-    with monkeypatch.context() as m:
-        m.setattr(MultipartSerde, "ensure_file", staticmethod(to_temporary_file))
-        with pytest.raises(PatchMismatch, match=rf"bentoml {VERSION} .*ValidationError.*must be a file part"):
-            upload.check()
-    upload.check()
-
-
 @pytest.mark.parametrize(
     ("alteration", "patch"),
     [
         ("from bentoml._internal.server.http import traffic; del traffic.TimeoutMiddleware._set_timer_out; "
          "from service import timeout; timeout.install()", "service/timeout.py"),
-        ("import _bentoml_sdk.io_models as m; m.is_file_type = lambda type_: False; import service.upload",
-         "service/upload.py"),
     ],
 )  # fmt: skip
 def test_a_mismatch_stops_start_up_with_one_line(alteration, patch):

@@ -109,7 +109,7 @@ def test_batch_sizes_from_serving_config():
     assert batch_sizes(serving_config.parse({**base, "batching": {"sizes": "none"}}), True) is None
     cuda = serving_config.parse({**base, "cuda": {"cudnn_conv_algo_search": "HEURISTIC", "cuda_graph": True}})
     assert cuda.cuda.cudnn_conv_algo_search == "HEURISTIC" and cuda.cuda.cuda_graph and not cuda.cuda.prefer_nhwc
-    assert serving_config.parse({**base, "decoding": {"processes": 3}}).decode_processes == 3
+    assert serving_config.parse({**base, "decoding": {"processes": 3}}).decoding.processes == 3
     for raw, message in [
         ({"batching": {"sizes": [1, 8]}}, "must be distinct, ascending and end at batching.max_batch_size \\(64\\)"),
         ({"batching": {"sizes": [64, 1, 8]}}, "must be distinct, ascending"),

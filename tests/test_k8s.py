@@ -21,8 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import auth
 from service.config import load
+from service.http import keys
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -101,7 +101,7 @@ def test_probes_and_port_are_what_the_service_serves():
                       "readinessProbe": {"path": "/readyz", "port": "http"},
                       "livenessProbe": {"path": "/livez", "port": "http"}}  # fmt: skip
     # the kubelet sends no API key: both paths must be among the ones auth leaves open
-    assert {p["path"] for p in probes.values()} <= auth.HEALTH
+    assert {p["path"] for p in probes.values()} <= keys.HEALTH
     # the warm-up may take minutes on a GPU: the startup probe allows five before liveness counts
     startup = CONTAINER["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300

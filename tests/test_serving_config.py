@@ -138,7 +138,7 @@ def one_line(returncode: int, stderr: str) -> str:
 
 def test_the_good_file_parses(tmp_path):
     config = load_or_exit(write(GOOD, tmp_path, "good"))
-    assert config.ensembles["pair"].weights == [2.0, 1.0] and config.batch_sizes == [1, 4, 8]
+    assert config.ensembles["pair"].weights == [2.0, 1.0] and config.batching.sizes == [1, 4, 8]
     assert config.cuda.cudnn_conv_algo_search == "HEURISTIC" and config.limits.max_image_pixels == 1000
     for (old, _), _message in BAD:
         assert old in GOOD, old  # every bad file really differs from the good one

@@ -56,8 +56,8 @@ GOOD = {"models": ["a", "b:v1"], "default_model": "a", "ensembles": {"e": {"memb
 def test_config_parses_and_refuses_mistakes():
     cfg = parse(GOOD)
     assert cfg.models == ["a", "b:v1"] and cfg.ensembles["e"].members == ["a", "b"] and cfg.device == "auto"
-    assert cfg.limits.max_images_per_request == 64 and cfg.max_latency_ms == 1000
-    assert cfg.max_wait_ms == 10 and cfg.workers == 1
+    assert cfg.limits.max_images_per_request == 64 and cfg.batching.max_latency_ms == 1000
+    assert cfg.batching.max_wait_ms == 10 and cfg.workers == 1
     assert parse({**GOOD, "workers": 2, "batching": {"max_wait_ms": 0}}).workers == 2
     for raw, message in [
         ({**GOOD, "default_model": "c"}, "default_model 'c' is not one of models"),

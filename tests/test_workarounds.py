@@ -14,10 +14,9 @@ from importlib import metadata
 
 import pytest
 from _bentoml_impl.server import allocator
-from _bentoml_sdk.service.factory import Service
 from circus.sighandler import SysHandler
 
-from service import gpus, openapi, stored
+from service import gpus, stored
 from service.patches import WORKAROUNDS, PatchMismatch
 from tests.conftest import ROOT
 
@@ -45,12 +44,18 @@ def test_every_module_that_touches_a_private_name_is_listed():
     listed = {w.module for w in WORKAROUNDS}
     touching = {
         str(f.relative_to(ROOT)): sorted(found)
-        for f in sorted((ROOT / "service").glob("*.py"))
+        for f in sorted((ROOT / "service").rglob("*.py"))
         if (found := private_imports(f.read_text()))
     }
     assert touching, "no service module imports a private name: the reader is broken"
     missing = {module: names for module, names in touching.items() if module not in listed}
     assert not missing, f"not in service/patches.py WORKAROUNDS: {missing}"
+
+
+def test_at_most_five_workarounds():
+    # the request path runs on BentoML's public API (service/http/app.py, mounted with @bentoml.asgi_app): what is
+    # left is what that API cannot do, each module with its one line of why
+    assert len(WORKAROUNDS) <= 5, [w.module for w in WORKAROUNDS]
 
 
 @pytest.mark.parametrize("workaround", WORKAROUNDS, ids=lambda w: w.module)
@@ -77,9 +82,3 @@ def test_the_worker_failure_guard_fires_when_circus_takes_sigusr1(monkeypatch):
     monkeypatch.setattr(SysHandler, "SIGNALS", [*SysHandler.SIGNALS, signal.SIGUSR1])
     with pytest.raises(PatchMismatch, match=rf"^service/stored.py .* bentoml {VERSION} .*SIGUSR1"):
         stored.check()
-
-
-def test_the_openapi_guard_fires_when_the_document_is_no_property(monkeypatch):
-    monkeypatch.setattr(Service, "openapi_spec", lambda self: None)
-    with pytest.raises(PatchMismatch, match=rf"^service/openapi.py .* bentoml {VERSION} .*no longer a property"):
-        openapi.check()

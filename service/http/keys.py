@@ -3,10 +3,11 @@
     KEY=$(openssl rand -hex 32); echo "$KEY" >> api-keys          # one key a line; '#' comments, blank lines
     curl -H "Authorization: Bearer $KEY" -F images=@digit.png http://localhost:3000/classify
     curl -H "X-API-Key: $KEY" -F images=@digit.png http://localhost:3000/classify
-    python -c "import bentoml; print(bentoml.SyncHTTPClient('http://localhost:3000', token='$KEY').list_models())"
+    python -c "from service.client import Client; print(Client('http://localhost:3000', key='$KEY').models())"
 
-`KeysMiddleware` is an ASGI middleware (BentoML's `Service.add_asgi_middleware`), so a request without a valid
-key is answered 401 from its headers alone: the body of a stranger's upload is never read, parsed or decoded.
+`KeysMiddleware` is an ASGI middleware the service adds around BentoML's whole app (`Service.add_asgi_middleware`:
+BentoML's own routes are guarded too), so a request without a valid key is answered 401 from its headers alone: the
+body of a stranger's upload is never read, parsed or decoded.
 Closed by default: every path but the health checks (/livez, /healthz, /readyz) needs a key, so a route BentoML
 adds later, or a path spelt another way ("/classify/"), is closed too; /metrics and the docs (/, /docs.json,
 /schema.json, /static_content/) are open unless `protect_metrics` / `protect_docs` (service/config.py, `Auth`,
@@ -27,12 +28,12 @@ import hashlib
 import hmac
 import logging
 import os
-import sys
 import typing as t
 from pathlib import Path
 
 from starlette.responses import JSONResponse
 
+from core.errors import exit_with
 from service.config import Auth
 
 logger = logging.getLogger("service")
@@ -170,7 +171,6 @@ def keys_or_exit(auth: Auth, starting: bool) -> Keys:
         try:
             read_keys(keys.path)
         except KeysError as e:
-            print(f"error: serving config: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with(f"serving config: {e}")
     keys.refresh()
     return keys

@@ -1,0 +1,196 @@
+"""A request's fields and images, read from whatever body a client sends, every mistake an `InputError` naming it.
+
+Four bodies are read:
+- `multipart/form-data` (curl -F): the images as file parts named `images`, the other fields as plain parts;
+- one image as the whole body (`Content-Type: image/png`, `image/jpeg`, ..., or `application/octet-stream`):
+  the cheapest request, as Triton and TF Serving take them; the fields then come as query parameters;
+- JSON (an object of fields) or a URL-encoded form: the fields only (/models, or a mistake to name).
+Query parameters are read with every body; a field sent both there and in the body is refused. A value is read
+as JSON where it parses (`top_k=3` is the number 3) and as text otherwise, except that a text field keeps its text
+(`model=1` is the model named "1"), as BentoML's clients sent them. Nothing in a request is ever fetched: a URL
+where an image belongs is refused, not downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+
+from service.decode import listed, quoted
+from service.errors import InputError
+from service.http.bodies import JSON_TYPES, TOO_LARGE, is_raw_image, parse_json
+
+FILE_HINT = "curl -F images=@digit.png"
+RAW_HINT = "curl --data-binary @digit.png -H 'Content-Type: image/png'"
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# a client's status for a body that ended early because the client left (nginx's "client closed request")
+DISCONNECTED = 499
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type  # int or str
+    default: t.Any
+    description: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a route takes: its plain fields and whether it takes images (the multipart field `images`)."""
+
+    path: str
+    fields: dict[str, Field]
+    images: bool = True
+
+    def names(self) -> list[str]:
+        return ["images", *self.fields] if self.images else list(self.fields)
+
+    def accepted(self) -> str:
+        names = ", ".join(f"'{n}'" for n in self.names())
+        return f"{self.path} accepts {names}" if names else f"{self.path} takes no fields"
+
+    def describe(self, name: str) -> str:
+        if name == "images" and self.images:
+            return f"one or more image files, each a multipart file part named 'images' ({FILE_HINT})"
+        return {int: "a whole number", str: "text"}[self.fields[name].kind]
+
+
+@dataclass
+class Parsed:
+    images: list[bytes | UploadFile]
+    values: dict[str, t.Any]  # every field of the spec: the request's value or the default
+
+
+async def parse(request: Request, spec: Spec) -> Parsed:
+    """The request's images and fields, checked against `spec`."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    query = request.query_params
+    sent: dict[str, t.Any] = {}
+    for name in query:
+        values = query.getlist(name)
+        if len(values) > 1:
+            raise InputError(400, f"field '{name}' was sent {len(values)} times; send it once")
+        sent[name] = values[0]
+    _check_names(spec, sent, set())
+    if "images" in sent:
+        raise _not_a_file("images", "a query parameter")
+    images: list[bytes | UploadFile] = []
+    if media_type in FORM_TYPES:
+        form_images, form_values = await _form(request, spec, media_type)
+        images += form_images
+        _merge(sent, form_values)
+    elif is_raw_image(media_type) and spec.images:
+        images.append(await _body(request))
+    elif media_type in JSON_TYPES:
+        _merge(sent, await _json(request, spec))
+    else:
+        how = f"send multipart/form-data ({FILE_HINT})" if spec.images else "send JSON or a form"
+        if spec.images:
+            how += f" or one image as the whole body ({RAW_HINT})"
+        raise InputError(415, f"unsupported body type {quoted(media_type)}: {how}; {spec.accepted()}")
+    if spec.images and not images:
+        raise InputError(400, f"no images: send {spec.describe('images')}, or one image as the whole body "
+                              f"({RAW_HINT})")  # fmt: skip
+    values = {name: _checked(spec, name, sent[name]) if name in sent else f.default for name, f in spec.fields.items()}
+    return Parsed(images, values)
+
+
+def _merge(sent: dict[str, t.Any], more: dict[str, t.Any]) -> None:
+    for name, value in more.items():
+        if name in sent:
+            raise InputError(400, f"field '{name}' was sent twice (as a query parameter and in the body); send it once")
+        sent[name] = value
+
+
+async def _form(request: Request, spec: Spec, media_type: str) -> tuple[list[UploadFile], dict[str, t.Any]]:
+    try:
+        form = await request.form()
+    except ClientDisconnect:
+        raise _cut_short(request) from None
+    except Exception as e:  # noqa: BLE001 - Starlette's HTTPException(400) and the multipart parser's errors
+        raise InputError(400, f"the body is not valid {media_type}: {getattr(e, 'detail', e)}") from None
+    files = {k for k, v in form.multi_items() if not isinstance(v, str)}
+    _check_names(spec, form.keys(), files)
+    images: list[UploadFile] = []
+    values: dict[str, t.Any] = {}
+    for name in form:
+        parts = form.getlist(name)
+        if name == "images":
+            if not all(isinstance(v, UploadFile) for v in parts):
+                raise _not_a_file(name, "text")
+            images = t.cast(list[UploadFile], parts)
+        elif len(parts) > 1:
+            raise InputError(400, f"field '{name}' was sent {len(parts)} times; send it once")
+        elif isinstance(parts[0], UploadFile):
+            raise InputError(400, f"field '{name}' is a file part; send {spec.describe(name)} as a plain value "
+                                  f"(curl -F {name}=VALUE)")  # fmt: skip
+        else:
+            values[name] = parts[0]
+    return images, values
+
+
+async def _body(request: Request) -> bytes:
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise _cut_short(request) from None
+
+
+async def _json(request: Request, spec: Spec) -> dict[str, t.Any]:
+    body = await _body(request)
+    try:
+        # off the event loop: a body of max_json_bytes takes a while to parse
+        data = await asyncio.to_thread(parse_json, body, "the JSON body") if body.strip() else {}
+    except ValueError:
+        raise InputError(400, f"the body is not valid JSON; send multipart/form-data ({FILE_HINT})") from None
+    if not isinstance(data, dict):
+        raise InputError(400, f"a JSON body must be an object of fields; {spec.accepted()}")
+    _check_names(spec, data, set())
+    if "images" in data and spec.images:
+        raise _not_a_file("images", "a value in a JSON body")
+    return data
+
+
+def _check_names(spec: Spec, names: t.Iterable[str], files: set[str]) -> None:
+    unknown = [n for n in names if n not in spec.names()]
+    if not unknown:
+        return
+    hint = ""
+    if files & set(unknown) and spec.images:
+        hint = f"; send the images as file parts named 'images' ({FILE_HINT})"
+    plural = "s" if len(unknown) > 1 else ""
+    raise InputError(400, f"unknown field{plural} {listed(unknown)}{hint}; {spec.accepted()}")
+
+
+def _checked(spec: Spec, name: str, value: t.Any) -> t.Any:
+    """A plain field's value as its type: text read as JSON where it parses (a text field keeps its text)."""
+    kind = spec.fields[name].kind
+    if isinstance(value, str):
+        try:
+            parsed = parse_json(value, "a form value")
+        except ValueError:
+            parsed = value
+        value = value if kind is str and not isinstance(parsed, str) else parsed
+    if type(value) is kind:  # bool is not a whole number, nor 3.0 text
+        return value
+    raise InputError(400, f"field '{name}' must be {spec.describe(name)}, got {quoted(value)}")
+
+
+def _not_a_file(name: str, how: str) -> InputError:
+    return InputError(
+        400,
+        f"field '{name}' must be image files sent as multipart file parts ({FILE_HINT}), not {how}; "
+        f"a path without '@', a URL-encoded body (curl -d) or a URL is not read: the service never downloads",
+    )
+
+
+def _cut_short(request: Request) -> InputError:
+    """The refusal of a body that ended early: past the bound (service/http/bodies.py), or the client left."""
+    if TOO_LARGE in request.scope:
+        bound, setting = request.scope[TOO_LARGE]
+        return InputError(413, f"the body is over {bound} bytes, the limit ({setting})")
+    return InputError(DISCONNECTED, "the client disconnected before the end of the body")

@@ -1,0 +1,393 @@
+"""The HTTP app in-process (service/http/app.py, an ASGI client, no server): every answer and refusal, body bounds,
+keys on every route, the decoding budget given back, the OpenAPI document and the page. Torch-free and fast.
+
+Two tiny graphs (tests/tiny_onnx.py: softmax(mean colour @ W + b), W and b drawn from a seed) are the models, so
+the expected probabilities of a one-colour image are worked out here with numpy, not with the service's code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+
+import httpx
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from service.config import loads
+from service.engine import Engine
+from service.http import app as http_app
+from service.http.keys import Keys, KeysMiddleware
+from service.http.page import ASSETS
+from service.runtime import Graph
+from tests.tiny_onnx import tiny_graph
+
+with warnings.catch_warnings():  # Starlette's test client says it will move off httpx one day
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+SERVING = """
+models: [a, b]
+ensembles:
+  default: {members: [a, b]}
+  hard: {members: [a, b], voting: hard}
+  weighted: {members: [a, b], voting: weighted, weights: [3, 1]}
+limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000, max_json_bytes: 4000}
+"""
+HINT = "curl -F images=@digit.png"
+NOT_A_FILE = "field 'images' must be image files sent as multipart file parts"
+RED, BLUE = (200, 10, 10), (10, 20, 230)
+DEEP = "[" * 1000 + "]" * 1000  # Python's JSON parser recurses: nested this deep, a RecursionError unless refused
+# what a page loads by itself: src= of any element, href= of <link>, url() in styles
+LOADS = re.compile(
+    r"""\bsrc\s*=\s*["']?([^"'\s>]+)|<link\b[^>]*\bhref\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')]+)""", re.I
+)
+ANSWERS: list[tuple[str, str, httpx.Response]] = []  # (method, route, response) of the module, for the schema test
+
+
+def tiny_probabilities(seed: int, colour: tuple[int, int, int], classes: int = 10) -> np.ndarray:
+    """What a tiny graph answers for an image of one colour: softmax(colour @ W + b), from its own seed."""
+    rng = np.random.default_rng(seed)
+    weight, bias = rng.normal(0, 0.05, (3, classes)), rng.normal(0, 1, classes)
+    logits = np.asarray(colour, np.float64) @ weight + bias
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def encoded(colour: tuple[int, int, int], kind: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, kind)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return loads(SERVING, "tests/test_app.py")
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("graphs")
+    return {name: (f"{name}:v1", Graph(tiny_graph(folder / f"{name}.onnx", seed), "cpu", 1))
+            for name, seed in (("a", 0), ("b", 1))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def app(config, graphs):
+    app = http_app.build(config, "the tests' service")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.engine = Engine(config, graphs)  # on the client's event loop, as a worker does on its own
+        client.engine = app.state.engine
+        yield client
+
+
+def post(client: TestClient, route: str, **kwargs) -> httpx.Response:
+    response = client.post(route, **kwargs)
+    ANSWERS.append(("post", route.split("?")[0], response))
+    return response
+
+
+def error_of(response: httpx.Response) -> str:
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), response.text
+    return body["error"]
+
+
+def test_classify_answers_what_the_graph_computes_for_multipart_and_raw_bodies(app):
+    png, jpeg = encoded(RED), encoded(BLUE, "BMP")
+    expected = [tiny_probabilities(0, RED), tiny_probabilities(0, BLUE)]
+    multipart = post(app, "/classify", files=[("images", ("r.png", png, "image/png")), ("images", ("b.bmp", jpeg))],
+                     data={"top_k": "3"})  # fmt: skip
+    assert multipart.status_code == 200, multipart.text
+    for answer, probabilities in zip(multipart.json(), expected, strict=True):
+        order = np.argsort(-probabilities, kind="stable")
+        assert answer["model"] == "a" and answer["index"] == order[0] and answer["label"] == str(order[0])
+        assert answer["probability"] == pytest.approx(probabilities[order[0]], abs=1e-6)
+        assert [p["index"] for p in answer["top_k"]] == list(order[:3])
+        assert [p["probability"] for p in answer["top_k"]] == pytest.approx(probabilities[order[:3]], abs=1e-6)
+    # one image as the whole body, the fields in the query: the same answer as the same image as a part
+    for body, kind, answer in ((png, "image/png", multipart.json()[0]), (jpeg, "application/octet-stream",
+                                                                          multipart.json()[1])):  # fmt: skip
+        raw = post(app, "/classify?top_k=3&model=a", content=body, headers={"Content-Type": kind})
+        assert raw.status_code == 200 and raw.json() == [answer], raw.text
+    # the content type is never trusted: a PNG said to be a JPEG is read as the PNG it is
+    assert post(app, "/classify?top_k=3", content=png, headers={"Content-Type": "image/jpeg"}).json() == [
+        multipart.json()[0]
+    ]
+    other = post(app, "/classify", content=png, headers={"Content-Type": "image/png"}, params={"model": "b"})
+    order = np.argsort(-tiny_probabilities(1, RED), kind="stable")
+    assert other.json()[0]["model"] == "b" and other.json()[0]["index"] == order[0]
+    assert len(other.json()[0]["top_k"]) == 5  # the default
+
+
+def test_ensemble_votes_soft_weighted_and_hard(app):
+    png = encoded(RED)
+    a, b = tiny_probabilities(0, RED), tiny_probabilities(1, RED)
+    for ensemble, voting, scores in (("default", "soft", (a + b) / 2), ("weighted", "weighted", (3 * a + b) / 4)):
+        answer = post(app, f"/ensemble?ensemble={ensemble}", content=png, headers={"Content-Type": "image/png"})
+        [got] = answer.json()
+        best = int(np.argmax(scores))
+        assert got["voting"] == voting and got["index"] == best
+        assert got["probability"] == pytest.approx(scores[best], abs=1e-6)
+        assert [m["model"] for m in got["members"]] == ["a", "b"]
+        assert [m["index"] for m in got["members"]] == [int(np.argmax(a)), int(np.argmax(b))]
+        assert got["agreement"] == (0.5 + 0.5 * (np.argmax(a) == np.argmax(b))) * (1 if np.argmax(a) == best else 1)
+    # hard: the majority of top-1 labels, a tie broken by the higher mean probability
+    hard = post(app, "/ensemble", files=[("images", ("r.png", png, "image/png"))], data={"voting": "hard"})
+    [got] = hard.json()
+    votes = (
+        {str(int(np.argmax(a))): 1, str(int(np.argmax(b))): 1}
+        if np.argmax(a) != np.argmax(b)
+        else {str(int(np.argmax(a))): 2}
+    )
+    assert got["voting"] == "hard" and got["votes"] == votes
+    tied = [int(np.argmax(a)), int(np.argmax(b))]
+    assert got["index"] == max(tied, key=lambda j: (a[j] + b[j]) / 2)
+
+
+def test_models_lists_every_model_and_ensemble(app):
+    for answer in (app.get("/models"), post(app, "/models"), post(app, "/models", json={})):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["default_model"] == "a" and set(body["models"]) == {"a", "b"}
+        assert body["models"]["b"]["tag"] == "b:v1" and body["models"]["a"]["input_size"] == [32, 32]
+        assert body["ensembles"]["weighted"] == {"members": ["a", "b"], "voting": "weighted", "weights": [3.0, 1.0]}
+    ANSWERS.append(("get", "/models", app.get("/models")))
+
+
+def test_malformed_requests_get_a_4xx_that_says_what_to_send(app):
+    png = encoded(RED)
+    file = ("images", ("digit.png", png, "image/png"))
+    cases = [
+        # (route, keyword arguments of the client's post, status, what the message says)
+        ("/classify", {"files": [("image", ("digit.png", png, "image/png"))]}, 400,
+         ["unknown field 'image'", "file parts named 'images'", HINT, "/classify accepts 'images', 'top_k', 'model'"]),
+        ("/ensemble", {"files": [("image", ("digit.png", png, "image/png"))]}, 400,
+         ["unknown field 'image'", "/ensemble accepts 'images', 'ensemble', 'voting', 'top_k'"]),
+        ("/classify", {"files": [("images", (None, png))]}, 400, [NOT_A_FILE, HINT]),  # -F "images=<digit.png"
+        ("/classify", {"files": [("images", (None, "data/digits/test/3/1110.png"))]}, 400, [NOT_A_FILE, "'@'"]),
+        ("/classify", {"data": {"images": "@digit.png"}}, 400, [NOT_A_FILE, "curl -d"]),  # curl -d images=@digit.png
+        ("/classify", {"files": [file], "data": {"top_k": "abc"}}, 400,
+         ["field 'top_k' must be a whole number, got 'abc'"]),
+        ("/classify", {"files": [file], "data": {"top_k": "2.5"}}, 400, ["field 'top_k' must be a whole number"]),
+        ("/classify?top_k=true", {"content": png, "headers": {"content-type": "image/png"}}, 400,
+         ["field 'top_k' must be a whole number, got True"]),
+        ("/classify", {"files": [file], "data": {"topk": "2"}}, 400,
+         ["unknown field 'topk'", "/classify accepts 'images', 'top_k', 'model'"]),
+        ("/classify?topk=2", {"content": png, "headers": {"content-type": "image/png"}}, 400, ["unknown field 'topk'"]),
+        ("/ensemble", {"files": [file], "data": {"top-k": "2", "votin": "hard"}}, 400,
+         ["unknown fields 'top-k', 'votin'", "/ensemble accepts"]),
+        ("/classify", {"files": [file, ("top_k", ("k.txt", b"2", "text/plain"))]}, 400,
+         ["field 'top_k' is a file part"]),
+        ("/classify", {"files": [file, ("top_k", (None, "1")), ("top_k", (None, "2"))]}, 400,
+         ["field 'top_k' was sent 2 times"]),
+        ("/classify?top_k=1&top_k=2", {"files": [file]}, 400, ["field 'top_k' was sent 2 times"]),
+        ("/classify?top_k=1", {"files": [file], "data": {"top_k": "2"}}, 400,
+         ["field 'top_k' was sent twice (as a query parameter and in the body)"]),
+        ("/classify?images=http://x/a.png", {"files": [file]}, 400, [NOT_A_FILE, "not a query parameter"]),
+        ("/classify", {"data": {"top_k": "3"}}, 400, ["no images", HINT, "whole body"]),
+        ("/classify", {"json": {"top_k": 3}}, 400, ["no images", HINT]),
+        ("/classify", {"content": b"", "headers": {"content-type": "image/png"}}, 400, ["image 0 is empty"]),
+        ("/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
+         ["the body is not valid JSON"]),
+        ("/classify", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
+         ["unsupported body type 'text/plain'", HINT, "--data-binary"]),
+        ("/classify", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400,
+         ["the body is not valid multipart/form-data"]),
+        ("/models", {"files": [("topk", (None, "2"))]}, 400, ["unknown field 'topk'", "/models takes no fields"]),
+        ("/models", {"json": {"model": "x"}}, 400, ["unknown field 'model'"]),
+        ("/models", {"content": png, "headers": {"content-type": "image/png"}}, 415,
+         ["unsupported body type 'image/png'"]),
+        ("/classify", {"files": [file], "data": {"top_k": "0"}}, 400, ["top_k must be at least 1"]),
+        ("/classify", {"files": [file], "data": {"model": "nope"}}, 404, ["unknown model 'nope'; served models: a, b"]),
+        ("/classify", {"files": [file], "data": {"model": "x" * 900_00}}, 404, ["... (90002 characters)"]),
+        ("/ensemble", {"files": [file], "data": {"ensemble": "nope"}}, 404, ["unknown ensemble 'nope'"]),
+        ("/ensemble", {"files": [file], "data": {"voting": "majority"}}, 400, ["voting must be soft, weighted or"]),
+        ("/ensemble", {"files": [file], "data": {"voting": "weighted"}}, 400, ["has no weights"]),
+        ("/classify", {"files": [file] * 5}, 413, ["5 images; the limit is 4"]),
+        ("/ensemble", {"files": [file] * 5}, 413, ["5 images; the limit is 4"]),
+        ("/classify", {"files": [("images", ("big.png", b"\0" * 100_001, "image/png"))]}, 413,
+         ["image 0 is 100001 bytes"]),
+        ("/classify", {"files": [("images", ("x.png", b"not an image", "image/png"))]}, 415,
+         ["image 0 is not an image"]),
+        ("/classify", {"files": [file, ("images", ("t.png", png[:60], "image/png"))]}, 400,
+         ["image 1 is truncated or corrupt"]),
+        ("/classify", {"content": encoded(RED, size=(1001, 1000)), "headers": {"content-type": "image/png"}}, 413,
+         ["image 0 is 1001x1000 = 1001000 pixels; the limit is 1000000"]),
+        ("/classify", {"content": b"\x80\x04K\x01.", "headers": {"content-type": "application/vnd.bentoml+pickle"}},
+         415, ["unsupported body type 'application/vnd.bentoml+pickle'"]),
+        ("/classify", {"content": f'{{"top_k": {DEEP}}}', "headers": {"content-type": "application/json"}}, 400,
+         ["the JSON body nests 1001 levels deep; the limit is 32"]),
+        ("/classify", {"files": [file], "data": {"top_k": DEEP}}, 400,
+         ["a form value nests 1000 levels deep"]),
+    ]  # fmt: skip
+    for route, kwargs, status, parts in cases:
+        response = post(app, route, **kwargs)
+        assert response.status_code == status, (route, kwargs.keys(), response.status_code, response.text)
+        message = error_of(response)
+        for part in parts:
+            assert part in message, (part, message)
+    # a text field keeps its text; one sent as JSON text (as BentoML's clients sent it) is read as that text
+    for model in ("a", '"a"'):
+        ok = post(app, "/classify", files=[file], data={"top_k": "2", "model": model})
+        assert ok.status_code == 200 and ok.json()[0]["model"] == "a" and len(ok.json()[0]["top_k"]) == 2, ok.text
+    for route in ("/classify", "/ensemble"):
+        got = app.get(route)
+        ANSWERS.append(("post", route, got))  # documented with the route's POST
+        assert got.status_code == 405 and got.headers["allow"] == "POST", got.headers
+        assert error_of(got) == f"{route} takes POST, not GET"
+    assert set(app.put("/models").headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+def test_no_request_fetches_a_url(app, monkeypatch):
+    """A URL where an image belongs, sent every way a client can, is refused and never opened: every network
+    connection this process tries while the requests run fails the test."""
+    import socket
+
+    tried: list = []
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: tried.append(address))
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: tried.append(address))
+    png = encoded(RED)
+    for url in ("http://127.0.0.1:9/digit.png", "http://localhost:9/digit.png", "file:///etc/passwd"):
+        ways = [
+            {"files": [("images", (None, url))]},  # curl -F images=URL / --form-string
+            {"files": [("images", ("x.png", url.encode(), "text/uri-list"))]},
+            {"data": {"images": url}},  # curl -d images=URL
+            {"json": {"images": [url]}},
+            {"json": {"images": url}},
+            {"content": json.dumps(url), "headers": {"content-type": "application/json"}},
+            {"content": url, "headers": {"content-type": "text/plain"}},
+            {"content": url, "headers": {"content-type": "image/png"}},
+            {"params": {"images": url}, "content": png, "headers": {"content-type": "image/png"}},
+            {"files": [("images", ("a.png", png, "image/png")), ("images", (None, url))]},
+            {"files": [("images", ("a.png", png, "image/png")), ("image", (None, url))]},
+        ]
+        for route in ("/classify", "/ensemble"):
+            for kwargs in ways:
+                response = post(app, route, **kwargs)
+                assert 400 <= response.status_code < 500, (kwargs, response.status_code, response.text)
+                assert "image" in error_of(response), response.text
+    assert tried == []
+
+
+def test_bodies_over_their_bound_are_refused(app):
+    bound = 4 * 100_000 + 1024 * 1024  # 4 images of 100,000 bytes, and 1 MiB for the rest
+    # a Content-Length over the bound: answered from the headers, and the connection closed after the answer
+    declared = post(app, "/classify", content=b"x" * (bound + 1), headers={"content-type": "multipart/form-data"})
+    assert declared.status_code == 413 and declared.headers["connection"] == "close"
+    assert error_of(declared) == f"the body is {bound + 1} bytes; the limit is {bound} (limits.max_body_bytes)"
+    one_image = post(app, "/classify", content=b"x" * 100_001, headers={"content-type": "image/jpeg"})
+    assert error_of(one_image) == "the body is 100001 bytes; the limit is 100000 (limits.max_image_bytes)"
+    json_body = post(app, "/models", content=b" " * 4001, headers={"content-type": "application/json"})
+    assert json_body.status_code == 413 and "(limits.max_json_bytes)" in error_of(json_body)
+    # without a length (chunked), counted while it streams
+    part = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    chunks = iter([part, *(b"x" * 65536 for _ in range(bound // 65536 + 2))])
+    streamed = post(app, "/classify", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413, streamed.text
+    assert error_of(streamed) == f"the body is over {bound} bytes, the limit (limits.max_body_bytes)"
+    raw = post(app, "/classify", content=iter([b"x" * 60_000, b"x" * 60_000]), headers={"content-type": "image/png"})
+    assert error_of(raw) == "the body is over 100000 bytes, the limit (limits.max_image_bytes)"
+
+
+def test_the_decoding_budget_is_given_back_after_answers_and_refusals(app):
+    budget = app.engine.budget
+    assert budget.used == 0
+    png = encoded(RED, size=(300, 200))
+    for kwargs, status in [
+        ({"files": [("images", ("a.png", png, "image/png"))] * 3}, 200),
+        ({"files": [("images", ("a.png", png, "image/png")), ("images", ("t.png", png[:200], "image/png"))]}, 400),
+        ({"content": png[: len(png) // 2], "headers": {"content-type": "image/png"}}, 400),  # truncated
+        ({"content": png, "headers": {"content-type": "image/png"}, "params": {"model": "nope"}}, 404),
+    ]:
+        response = post(app, "/classify", **kwargs)
+        assert response.status_code == status, response.text
+        assert budget.used == 0, (kwargs.keys(), budget.used)
+
+
+def test_every_answer_fits_the_openapi_document(app):
+    """/docs.json documents, for each route, every status it answers with the body it sends: each answer of this
+    module must be documented for its route and fit that schema."""
+    document = app.get("/docs.json").json()
+    seen: dict[str, set[int]] = {}
+    assert len(ANSWERS) > 100, "the tests above ran first (pytest keeps file order)"
+    for method, route, response in ANSWERS:
+        responses = document["paths"][route][method]["responses"]
+        assert str(response.status_code) in responses, (route, response.status_code, sorted(responses))
+        schema = responses[str(response.status_code)]["content"]["application/json"]["schema"]
+        jsonschema.validate(response.json(), {**schema, "components": document["components"]})
+        seen.setdefault(route, set()).add(response.status_code)
+    for route in ("/classify", "/ensemble"):
+        documented = {int(s) for s in document["paths"][route]["post"]["responses"]}
+        # 500: a bug; 503: overload (test_requests.py); 504: the timeout (the same)
+        assert documented - seen[route] <= {500, 503, 504}, (route, documented, seen[route])
+    post_body = document["paths"]["/classify"]["post"]["requestBody"]["content"]
+    assert set(post_body) == {"multipart/form-data", "image/*"}
+    assert {p["name"] for p in document["paths"]["/classify"]["post"]["parameters"]} == {"top_k", "model"}
+
+
+def test_a_worker_still_starting_answers_503(config):
+    with TestClient(http_app.build(config)) as client:
+        response = client.post("/classify", content=encoded(RED), headers={"content-type": "image/png"})
+        assert response.status_code == 503 and "still loading" in error_of(response)
+
+
+def outside(html: str) -> list[str]:
+    """The URLs on another host that a page loads by itself (src=, <link href=>, url() in styles, addresses in
+    scripts); links, which load only when clicked, are not counted."""
+    found = [next(g for g in groups if g) for groups in LOADS.findall(html)]
+    found += re.findall(r"https?://[^\s\"'<>]+", "".join(re.findall(r"<script\b[^>]*>(.*?)</script>", html, re.S)))
+    return [url for url in found if re.match(r"(?i)(https?:)?//", url)]
+
+
+def test_the_page_loads_nothing_from_outside(app):
+    page = app.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in page.text and "validatorUrl: null" in page.text and 'url: "./docs.json"' in page.text
+    assert outside(page.text) == []
+    assert outside('<script src="https://www.googletagmanager.com/gtm.js"></script>') != []  # the reader reads
+    assert {f"./static_content/{name}" for name in ASSETS} <= set(re.findall(r'(?:src|href)="([^"]+)"', page.text))
+
+
+@pytest.mark.parametrize("protect", [(False, False), (True, False), (False, True), (True, True)])
+def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
+    """The keys middleware as the service adds it (outside the app, so BentoML's own routes too: /metrics here
+    stands for BentoML's), closed by default, /metrics and the docs open unless protected."""
+    protect_metrics, protect_docs = protect
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("right-key\n")
+    auth = loads(f"models: [a]\nauth: {{api_keys_file: {keys_file}, protect_metrics: {str(protect_metrics).lower()}, "
+                 f"protect_docs: {str(protect_docs).lower()}}}\n", "x").auth  # fmt: skip
+    inner = http_app.build(config)
+    bentoml_like = Starlette(routes=[
+        Route("/metrics", lambda r: PlainTextResponse("model_requests 1\n")),
+        Route("/readyz", lambda r: PlainTextResponse("\n")),
+        Route("/livez", lambda r: PlainTextResponse("\n")),
+        Mount("/", inner),
+    ])  # fmt: skip
+    app = KeysMiddleware(bentoml_like, auth=auth, keys=Keys(keys_file))
+    png = encoded(RED)
+    with TestClient(app) as client:
+        inner.state.engine = Engine(config, graphs)
+        closed = {"/classify": "post", "/ensemble": "post", "/models": "get", "/no-such-route": "get"}
+        if protect_metrics:
+            closed["/metrics"] = "get"
+        if protect_docs:
+            closed.update({"/": "get", "/docs.json": "get"})
+        for route, method in closed.items():
+            for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+                refused = client.request(method, route, headers=headers, content=png)
+                assert refused.status_code == 401 and "Authorization: Bearer KEY" in error_of(refused), route
+                assert refused.headers["www-authenticate"].startswith('Bearer realm="classifier"')
+            for headers in ({"X-API-Key": "right-key"}, {"Authorization": "Bearer right-key"}):
+                kwargs = {"content": png, "headers": {**headers, "content-type": "image/png"}}
+                assert client.request(method, route, **kwargs).status_code in (200, 404), route
+        for route in {"/metrics", "/", "/docs.json", "/readyz", "/livez"} - set(closed):
+            assert client.get(route).status_code == 200, route
