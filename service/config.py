@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from core.schema import MAX_BYTES, Bounded, Refused, cut, error_lines, load_yaml, shown, shown_text
 from core.schema import Section as _Section
-from core.schema import error_lines
 from core.voting import VOTINGS
 
 DEFAULT_PATH = "serving.yaml"
@@ -283,7 +283,9 @@ def model_name(tag: str) -> str:
 
 def parse(raw: dict[str, Any]) -> ServingConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {raw!r}")
+        raise ConfigError(
+            f"the file must be a mapping of keys ({', '.join(ServingFile.model_fields)}), got {shown(raw)}"
+        )
     try:
         file = ServingFile.model_validate(raw)
     except ValidationError as e:
@@ -310,9 +312,10 @@ def parse(raw: dict[str, Any]) -> ServingConfig:
     )
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class _UniqueKeys(Bounded, yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
-    one, so `device: cuda` above a forgotten `device: cpu` would silently serve on the CPU."""
+    one, so `device: cuda` above a forgotten `device: cpu` would silently serve on the CPU; and bounded
+    (core/schema.py, `Bounded`): aliases, values and nesting past their bounds are refused while composing."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first: dict[Any, int] = {}
@@ -327,18 +330,28 @@ class _UniqueKeys(yaml.SafeLoader):
             if not seen:
                 first[key] = key_node.start_mark.line + 1
             else:
-                line = first[key]
-                twice = f"key '{key}' is given twice (lines {line} and {key_node.start_mark.line + 1}): remove one"
+                lines = f"lines {first[key]} and {key_node.start_mark.line + 1}"
+                twice = f"key '{shown_text(key)}' is given twice ({lines}): remove one"
                 raise yaml.constructor.ConstructorError(None, None, twice)
         return super().construct_mapping(node, deep)
 
 
 def read(path: Path) -> str:
-    """The text of a serving config file; a missing file or one that is not UTF-8 is a ConfigError."""
+    """The text of a serving config file; a missing file, one over MAX_BYTES (by its size, before it is read;
+    and never more than that is read, should it grow) or one that is not UTF-8 is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"serving config not found: {path} (set SERVING_CONFIG to another file)")
     try:
-        return path.read_bytes().decode("utf-8")
+        size = path.stat().st_size
+        if size <= MAX_BYTES:
+            with open(path, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+            size = len(data)
+        if size > MAX_BYTES:
+            raise ConfigError(f"{path} is {size} bytes; a serving config may hold at most {MAX_BYTES}")
+        return data.decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         byte = f"byte {e.start} is {e.object[e.start]:#04x}"
         raise ConfigError(f"{path} is not UTF-8 text ({byte}): save it as UTF-8") from None
@@ -352,9 +365,11 @@ def load(path: str | Path | None = None) -> ServingConfig:
 def loads(text: str, where: str) -> ServingConfig:
     """The config in `text`, read from `where` (a path, or the Bento that carries it), which errors name."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+        raw = load_yaml(text, _UniqueKeys)
+    except Refused as e:
+        raise ConfigError(f"{where} is refused: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{where} is not valid YAML: {cut(str(e))}") from None
     try:
         return parse({} if raw is None else raw)
     except ConfigError as e:
