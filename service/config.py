@@ -9,7 +9,6 @@ the `ServingConfig` the service reads.
 from __future__ import annotations
 
 import os
-import sys
 import typing as t
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from core.errors import exit_with
+from core.schema import MAX_BYTES, Bounded, Refused, cut, error_lines, load_yaml, shown, shown_text
 from core.schema import Section as _Section
-from core.schema import error_lines
 from core.voting import VOTINGS
 
 DEFAULT_PATH = "serving.yaml"
@@ -268,16 +268,19 @@ def model_name(tag: str) -> str:
 
 def parse(raw: dict[str, Any]) -> ServingConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"the file must be a mapping of keys ({', '.join(ServingConfig.model_fields)}), got {raw!r}")
+        raise ConfigError(
+            f"the file must be a mapping of keys ({', '.join(ServingConfig.model_fields)}), got {shown(raw)}"
+        )
     try:
         return ServingConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError("; ".join(error_lines(e, ServingConfig, "serving.yaml"))) from None
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class _UniqueKeys(Bounded, yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
-    one, so `device: cuda` above a forgotten `device: cpu` would silently serve on the CPU."""
+    one, so `device: cuda` above a forgotten `device: cpu` would silently serve on the CPU; and bounded
+    (core/schema.py, `Bounded`): aliases, values and nesting past their bounds are refused while composing."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first: dict[Any, int] = {}
@@ -292,18 +295,28 @@ class _UniqueKeys(yaml.SafeLoader):
             if not seen:
                 first[key] = key_node.start_mark.line + 1
             else:
-                line = first[key]
-                twice = f"key '{key}' is given twice (lines {line} and {key_node.start_mark.line + 1}): remove one"
+                lines = f"lines {first[key]} and {key_node.start_mark.line + 1}"
+                twice = f"key '{shown_text(key)}' is given twice ({lines}): remove one"
                 raise yaml.constructor.ConstructorError(None, None, twice)
         return super().construct_mapping(node, deep)
 
 
 def read(path: Path) -> str:
-    """The text of a serving config file; a missing file or one that is not UTF-8 is a ConfigError."""
+    """The text of a serving config file; a missing file, one over MAX_BYTES (by its size, before it is read;
+    and never more than that is read, should it grow) or one that is not UTF-8 is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"serving config not found: {path} (set SERVING_CONFIG to another file)")
     try:
-        return path.read_bytes().decode("utf-8")
+        size = path.stat().st_size
+        if size <= MAX_BYTES:
+            with open(path, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+            size = len(data)
+        if size > MAX_BYTES:
+            raise ConfigError(f"{path} is {size} bytes; a serving config may hold at most {MAX_BYTES}")
+        return data.decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         byte = f"byte {e.start} is {e.object[e.start]:#04x}"
         raise ConfigError(f"{path} is not UTF-8 text ({byte}): save it as UTF-8") from None
@@ -317,9 +330,11 @@ def load(path: str | Path | None = None) -> ServingConfig:
 def loads(text: str, where: str) -> ServingConfig:
     """The config in `text`, read from `where` (a path, or the Bento that carries it), which errors name."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+        raw = load_yaml(text, _UniqueKeys)
+    except Refused as e:
+        raise ConfigError(f"{where} is refused: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{where} is not valid YAML: {cut(str(e))}") from None
     try:
         return parse({} if raw is None else raw)
     except ConfigError as e:
@@ -341,8 +356,7 @@ def _or_exit(step: t.Callable[[], t.Any]) -> t.Any:
     try:
         return step()
     except ConfigError as e:
-        print(f"error: serving config: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(f"serving config: {e}")
 
 
 def config_path() -> Path:

@@ -111,7 +111,7 @@ class Writer:
         self.path = Path(path)
         self.kind = check_out(path)
         try:
-            self.file: TextIO = open(self.path, "w", newline="")  # noqa: SIM115 - closed by close()
+            self.file: TextIO = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}") from None
         if self.kind == ".csv":
@@ -135,9 +135,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """A file `Writer` wrote, back as rows (index an int, probability a float, top_k a list, None where empty)."""
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     out = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             row = {k: (v if v != "" else None) for k, v in row.items()}
             if row["index"] is not None:

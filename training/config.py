@@ -16,15 +16,16 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import UserError
-from core.schema import error_lines
+from core.schema import MAX_BYTES, Bounded, Refused, cut, error_lines, load_yaml
 from training.recipe import Recipe
 
 # the resolved config of a recipe that names nothing: what tests and benchmarks build their sections from
 DEFAULTS: dict[str, Any] = Recipe().model_dump()
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `4e-4` as a string (it wants `4.0e-4`); recipes are full of such learning rates."""
+class _RecipeLoader(Bounded, yaml.SafeLoader):
+    """YAML 1.1 reads `4e-4` as a string (it wants `4.0e-4`); recipes are full of such learning rates. Bounded as
+    serving.yaml is (core/schema.py): aliases, values and nesting past their bounds are refused."""
 
 
 _RecipeLoader.add_implicit_resolver(
@@ -37,7 +38,7 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def _yaml(text: str):
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    return load_yaml(text, _RecipeLoader)
 
 
 def valid_keys(tree: dict[str, Any] = DEFAULTS, prefix: str = "") -> list[str]:
@@ -68,7 +69,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects key=value, got '{pair}'")
-        parsed[key.strip()] = _yaml(raw) if raw.strip() else None
+        try:
+            parsed[key.strip()] = _yaml(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {cut(key, 80)}: the value is not valid YAML: {cut(str(e))}") from None
     return parsed
 
 
@@ -79,10 +83,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         path = Path(path)
         if not path.is_file():
             raise UserError(f"recipe file not found: {path}")
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(f"recipe {path} is {path.stat().st_size} bytes; a recipe may hold at most {MAX_BYTES}")
         try:
             recipe = _yaml(path.read_text()) or {}
+        except Refused as e:
+            raise UserError(f"recipe {path} is refused: {e}") from None
         except yaml.YAMLError as e:
-            raise UserError(f"recipe {path} is not valid YAML: {e}") from None
+            raise UserError(f"recipe {path} is not valid YAML: {cut(str(e))}") from None
         if not isinstance(recipe, dict):
             raise UserError(f"recipe {path} must be a mapping of sections")
     if isinstance(overrides, list):
