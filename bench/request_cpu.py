@@ -195,6 +195,8 @@ def measure(url: str, proc, script: Path, connections: int, args: argparse.Names
         server_processes=len(after),
         vanished=cpu["vanished"],
         cpu_ms_per_request=round(1000 * cpu["cpu_s"] / row["ok"], 3) if row["ok"] else None,
+        # every answer, refusals too: what a 4xx costs where nothing succeeded
+        cpu_ms_per_answer=round(1000 * cpu["cpu_s"] / row["requests"], 3) if row["requests"] else None,
         server_cores=round(cpu["cpu_s"] / wall, 2),
         client_cpu_s=round(client_cpu, 3),
         client_cores=round(client_cpu / wall, 2),
