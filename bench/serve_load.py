@@ -253,6 +253,14 @@ def server(cmd: list[str], env: dict[str, str], log: Path, ready: str, wait: flo
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            # what outlives the server in its group (LitServe's inference worker ignores SIGTERM and kept a
+            # core busy after its server had exited) would load the next target's measurement
+            deadline = time.time() + 5
+            with contextlib.suppress(ProcessLookupError):
+                while time.time() < deadline:
+                    os.killpg(proc.pid, 0)
+                    time.sleep(0.2)
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def process_tree(proc: subprocess.Popen) -> list:
