@@ -39,7 +39,7 @@ from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
 from service.files import Decoded, decode_chunk, list_images
 from service.models import Model
-from service.predict import Summary, batches, check_settings, rows
+from service.rows import Summary, batches, check_settings, rows
 
 PART_GLOB = "part-*.parquet"
 DECODE_CHUNK = 64  # files per decoding task where GPUs classify: many tasks keep every core decoding

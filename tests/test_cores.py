@@ -85,7 +85,7 @@ def test_a_process_in_a_one_cpu_cgroup_sizes_its_sessions_and_pools_by_the_quota
     folder = one_cpu_cgroup()
     graph = tiny_graph(tmp_path / "a.onnx", seed=1)
     code = ("import json; from core.cores import *; from service.runtime import Graph; "
-            "from service.predict import default_workers; "
+            "from service.rows import default_workers; "
             f"print(json.dumps([affinity(), usable_cores(), session_threads(1), session_threads(2), "
             f"Graph({str(graph)!r}, 'cpu').cpu_threads, default_workers()]))")  # fmt: skip
     try:
