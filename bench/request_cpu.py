@@ -47,7 +47,11 @@ from bench.common import cli, write_report
 TARGETS = ("service", "fastapi", "litserve", "bentoml-api")
 IMAGES = ("small", "photo")
 FORMS = ("multipart", "raw")
-MODEL = "digits"
+# digits: the ResNet-18 of the bundled digits (32x32 input: decoding and the request path are most of the work);
+# photo-224: a graph at 224 px (resize 256) whose network is a mean colour and a matrix product (tests/tiny_onnx.py),
+# so a request costs its decoding, resize and crop to 224, and the request path, and almost nothing else
+MODELS = ("digits", "photo-224")
+BATCHES = (1, 4, 16, 64)  # batch sizes the in-process floor times the model at
 
 # The Lua script wrk runs in each of its threads: the request is built once from wrk.method / headers / body;
 # `response` counts statuses in the thread's own state and `done` prints the totals of every thread.
@@ -216,17 +220,80 @@ def bodies(work: Path) -> dict[str, tuple[str, bytes, str]]:
     return {"small": (name, data, "image/png"), "photo": (*photo, "image/jpeg")}
 
 
-def request_script(work: Path, target: str, image: str, form: str, picture: tuple[str, bytes, str]) -> tuple[Path, str]:
+def tiny_models(name: str, work: Path) -> dict[str, Path]:
+    """Two tiny graphs at 224 px (tests/tiny_onnx.py, seeds 0 and 1) in the model store as `name`, `name`-b."""
+    import onnxruntime as ort
+
+    from core import metadata
+    from export.store import store_model
+    from tests.tiny_onnx import tiny_graph
+
+    graphs = {}
+    for member, seed in ((name, 0), (f"{name}-b", 1)):
+        path, marker = work / f"{member}.onnx", work / f"{member}.stored"
+        if not marker.exists():
+            tiny_graph(path, seed, crop_size=224, resize_size=256)
+            meta = metadata.decode(ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map)
+            marker.write_text(store_model(path, member, meta))
+        graphs[member] = path
+    return graphs
+
+
+def floor(graph_path: Path, data: bytes, repeats: int = 40) -> dict[str, Any]:
+    """What a request cannot cost less than, in this process with the service's own code (CPU time, all threads):
+    decoding and resizing the image, and the model per image at each of BATCHES."""
+    import numpy as np
+
+    from core import metadata
+    from service.config import Limits
+    from service.decode import decode
+    from service.runtime import Graph
+
+    graph = Graph(graph_path, "cpu")
+    preprocess, limits = metadata.preprocess_of(graph.meta), Limits()
+    pixels = decode(data, 0, limits, preprocess)
+    start = time.process_time()
+    for _ in range(repeats):
+        decode(data, 0, limits, preprocess)
+    decode_ms = 1000 * (time.process_time() - start) / repeats
+    model_ms = {}
+    for batch in BATCHES:
+        batched = np.repeat(pixels[None], batch, axis=0)
+        graph.run(batched)
+        calls = max(2, repeats // batch)
+        start = time.process_time()
+        for _ in range(calls):
+            graph.run(batched)
+        model_ms[batch] = round(1000 * (time.process_time() - start) / (calls * batch), 3)
+    return {"decode_ms": round(decode_ms, 3), "model_ms": model_ms}
+
+
+def over_floor(row: dict[str, Any], before: dict[str, float], after: dict[str, float], floor: dict) -> dict:
+    """The images a session call ran on average during the run, and the CPU a request cost beyond its floor:
+    decoding plus the model at the batch size nearest that average."""
+    calls, images = after["calls"] - before["calls"], after["real"] - before["real"]
+    if not calls or row["cpu_ms_per_request"] is None:
+        return {}
+    batch = images / calls
+    nearest = min(floor["model_ms"], key=lambda b: abs(b - batch))
+    beyond = row["cpu_ms_per_request"] - floor["decode_ms"] - floor["model_ms"][nearest]
+    return {"mean_batch": round(batch, 1), "floor_ms": round(row["cpu_ms_per_request"] - beyond, 3),
+            "beyond_floor_ms": round(beyond, 3)}  # fmt: skip
+
+
+def request_script(
+    work: Path, target: str, image: str, form: str, picture: tuple[str, bytes, str], model: str
+) -> tuple[Path, str]:
     """The Lua script for one target, image and form, and the path its URL takes."""
     from bench import loadgen
 
     name, data, content_type = picture
     if form == "multipart":
-        fields = {"model": MODEL} if target == "service" else {}
+        fields = {"model": model} if target == "service" else {}
         body, content_type = loadgen.multipart([(name, data)], fields)
         path = "/classify"
     else:
-        body, path = data, f"/classify?model={MODEL}"
+        body, path = data, f"/classify?model={model}"
     folder = work / "request_cpu"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{target}-{image}-{form}"
@@ -242,11 +309,10 @@ def server_command(target: str, args: argparse.Namespace, graphs: dict[str, Path
     from service.runtime import uses_gpu
 
     device = "cuda" if uses_gpu(args.device) else "cpu"
-    plain = {**env, "MODEL_PATH": str(graphs[MODEL]), "DEVICE": device}
+    plain = {**env, "MODEL_PATH": str(graphs[args.model]), "DEVICE": device}
     if target == "service":
-        serving = work / f"serving-request-cpu-w{args.workers}.yaml"
-        serving.write_text(sl.serving_yaml(MODEL, sl._parse(["--models", MODEL, "--device", args.device]),
-                                           args.workers, 0))  # fmt: skip
+        serving = work / f"serving-request-cpu-{args.model}-w{args.workers}.yaml"
+        serving.write_text(sl.serving_yaml(args.model, sl._parse(["--device", args.device]), args.workers, 0))
         tree = args.tree.resolve()
         return sl.SERVE, {**env, "SERVING_CONFIG": str(serving), "PYTHONPATH": str(tree)}, "/readyz", tree
     if target == "fastapi":
@@ -273,6 +339,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each measured wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of the wrk run before each measured one")
     p.add_argument("--workers", type=int, default=1, help="the service's worker processes")
+    p.add_argument(
+        "--model",
+        default="digits",
+        choices=MODELS,
+        help="digits: ResNet-18 at 32 px; photo-224: a "
+        "graph at 224 px whose network costs nearly nothing (the request is its decoding and path)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--tree", type=Path, default=sl.ROOT, help="the checkout whose service is served")
     p.add_argument("--label", default="", help="names this run's figures and report (before, after)")
@@ -293,9 +366,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Host CPU per request", "",
         f"Machine: {report['machine']}. {report['settings']}", "",
-        "| target | image | form | connections | requests/s | x fastapi | CPU ms/request | x fastapi | server cores "
-        "| p50 ms | p99 ms | errors | client cores | other cores |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| target | image | form | connections | requests/s | x fastapi | CPU ms/request | x fastapi | beyond floor ms "
+        "| images a call | server cores | p50 ms | p99 ms | errors | client cores | other cores |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]  # fmt: skip
     for r in report["rows"]:
         errors = str(r["errors"])
@@ -306,13 +379,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['target']} | {r['image']} | {r['form']} | {r['connections']} | {r['requests_per_s']} | "
             f"{_cell(r.get('rps_vs_fastapi'))} | {_cell(r['cpu_ms_per_request'])} | {_cell(r.get('cpu_vs_fastapi'))} | "
-            f"{r['server_cores']} | {r['p50_ms']} | {r['p99_ms']} | {errors} | {r['client_cores']} | "
-            f"{r['other_cores']} |"
+            f"{_cell(r.get('beyond_floor_ms'))} | {_cell(r.get('mean_batch'))} | {r['server_cores']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {errors} | {r['client_cores']} | {r['other_cores']} |"
         )
     lines += [
         "",
         "server cores, client cores (wrk), other cores (the rest of the machine's busy time): CPU seconds "
-        "over the measured run's wall time.",
+        "over the measured run's wall time. beyond floor: CPU ms/request less decoding and the model at the "
+        "batch size nearest the run's mean (images a call), both timed in the benchmark's own process.",
     ] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -337,8 +411,15 @@ def run(args: argparse.Namespace) -> None:
     from bench import serve_load as sl
 
     work, env = sl.store_env(args.work)
-    graphs = sl.prepare_models([MODEL], work)
+    graphs = sl.prepare_models([args.model], work) if args.model == "digits" else tiny_models(args.model, work)
     pictures = bodies(work)
+    floors = {image: floor(graphs[args.model], pictures[image][1]) for image in args.images}
+    for image, f in floors.items():
+        print(
+            f"floor, in this process: decode + resize {f['decode_ms']} ms an image ({image}); the model "
+            f"{f['model_ms']} ms an image at batch {list(f['model_ms'])}",
+            flush=True,
+        )
     rows: list[dict[str, Any]] = []
     notes = []
     for target in args.targets:
@@ -355,10 +436,13 @@ def run(args: argparse.Namespace) -> None:
         with sl.server(cmd, server_env, log, ready, cwd=cwd) as (url, proc):
             for image in args.images:
                 for form in forms:
-                    script, path = request_script(work, target, image, form, pictures[image])
+                    script, path = request_script(work, target, image, form, pictures[image], args.model)
                     for connections in args.connections:
                         row = {"target": name, "image": image, "form": form}
+                        counted = sl.batch_counters(url) if target == "service" else None
                         row.update(measure(url + path, proc, script, connections, args))
+                        if counted is not None:
+                            row.update(over_floor(row, counted, sl.batch_counters(url), floors[image]))
                         rows.append(row)
                         print(f"{name:>16} {image:>5} {form:>9} c={connections:<3} {row['requests_per_s']:8.1f} req/s"
                               f"  cpu {_cell(row['cpu_ms_per_request'])} ms/req  server cores {row['server_cores']}"
@@ -368,10 +452,14 @@ def run(args: argparse.Namespace) -> None:
     add_ratios(rows)
     if any(r["form"] == "raw" and r["errors"] for r in rows):
         notes.append("raw: errors are the service's answers to a body that is the image itself")
+    model = {"digits": "digits ResNet-18 (random weights)", "photo-224": "a 224-px graph of almost no compute"}
     settings = (f"wrk, {args.duration:g} s measured after {args.warmup:g} s warm-up, one image a request (small: "
                 f"a 32x32 digits PNG, {len(pictures['small'][1])} bytes; photo: a 500x375 JPEG, "
-                f"{len(pictures['photo'][1])} bytes); digits ResNet-18 (random weights); service workers "
+                f"{len(pictures['photo'][1])} bytes); {model[args.model]}; service workers "
                 f"{args.workers}, tree {args.tree.resolve()}; device {args.device}.")  # fmt: skip
+    notes.append("floor (in this process, the service's own code, CPU time): " + "; ".join(
+        f"{image}: decode + resize {f['decode_ms']} ms, the model {f['model_ms']} ms an image at batch "
+        f"{', '.join(map(str, f['model_ms']))}" for image, f in floors.items()))  # fmt: skip
     machine = f"{platform.machine()} Linux, {loadgen.cpu_count()} cores{sl.gpu_name()}"
     report = {"machine": machine, "settings": settings, "label": args.label, "rows": rows, "notes": notes}
     text = markdown(report)

@@ -27,7 +27,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
-    image = ImageOps.exif_transpose(image)
+    # in place: without it Pillow returns a copy of the whole decoded image even when there is nothing to turn
+    # (4% of the decoding threads' time on 500x375 photos, py-spy, bench/README.md)
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in _WIDE_INT_MODES:
         image = Image.fromarray(_eight_bits(np.asarray(image)), "L")
     elif image.mode == "F":

@@ -121,13 +121,30 @@ def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, 
     model's own eval resize + center crop."""
     part = f"image {index}"
     with _opened(data, part, limits, preprocess) as image:
-        try:
-            image.load()
-            rgb = to_rgb(image)
-        except Image.DecompressionBombError as e:
-            raise InputError(413, f"{part} is too large to decode: {e}") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise InputError(400, f"{part} is truncated or corrupt: {e}") from None
+        return _decoded(image, part, preprocess)
+
+
+def decode_within(
+    data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any], take: t.Callable[[int], bool]
+) -> np.ndarray | int:
+    """`decode`, with the header read once: its pixels if `take(cost)` (the decoding budget) grants what decoding
+    it costs, else that cost, for the caller to wait for and decode the image later."""
+    part = f"image {index}"
+    with _opened(data, part, limits, preprocess) as image:
+        cost = cost_of(image, preprocess)
+        if not take(cost):
+            return cost
+        return _decoded(image, part, preprocess)
+
+
+def _decoded(image: Image.Image, part: str, preprocess: dict[str, Any]) -> np.ndarray:
+    try:
+        image.load()
+        rgb = to_rgb(image)
+    except Image.DecompressionBombError as e:
+        raise InputError(413, f"{part} is too large to decode: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(400, f"{part} is truncated or corrupt: {e}") from None
     return prepare(rgb, preprocess)
 
 

@@ -138,7 +138,8 @@ class Engine:
         with contextlib.ExitStack() as announced:  # the models wait for these images while they decode
             for batcher in batchers:
                 announced.enter_context(batcher.incoming())
-            decoded = np.stack(await pixels(images, preprocess, self.limits, self.budget, self.decoder))
+            one_each = await pixels(images, preprocess, self.limits, self.budget, self.decoder)
+            decoded = one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
             futures = [batcher.submit(decoded) for batcher in batchers]
         try:
             return list(await asyncio.gather(*futures))

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from service.budget import Budget
 from service.config import Limits
-from service.decode import decode, decoding_cost
+from service.decode import decode, decode_within
 from service.errors import InputError
 
 
@@ -45,16 +45,25 @@ async def pixels(
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
     def first(i: int, upload: bytes | UploadFile) -> np.ndarray | tuple[bytes, int]:
-        """The pixels, where this thread may decode them now; else the bytes and their cost (from the header)."""
+        """The pixels, where this thread may decode them now (the header read once); else the bytes and their cost
+        (from the header)."""
         data = read(upload, i, limits.max_image_bytes)
-        cost = decoding_cost(data, i, limits, preprocess)
-        budget.check(cost, f"image {i}")
-        if decoder is not None or not budget.take(cost):
-            return data, cost
+        taken = 0
+
+        def take(cost: int) -> bool:
+            nonlocal taken
+            budget.check(cost, f"image {i}")
+            if decoder is not None or not budget.take(cost):
+                return False
+            taken = cost
+            return True
+
         try:
-            return decode(data, i, limits, preprocess)
+            got = decode_within(data, i, limits, preprocess, take)
         finally:
-            budget.give_back(cost)
+            if taken:
+                budget.give_back(taken)
+        return got if isinstance(got, np.ndarray) else (data, got)
 
     async def one(i: int, upload: bytes | UploadFile) -> np.ndarray:
         got = await asyncio.to_thread(first, i, upload)

@@ -391,3 +391,11 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
                 assert client.request(method, route, **kwargs).status_code in (200, 404), route
         for route in {"/metrics", "/", "/docs.json", "/readyz", "/livez"} - set(closed):
             assert client.get(route).status_code == 200, route
+
+
+def test_a_bug_is_a_500_in_the_same_body(config, graphs, monkeypatch):
+    with TestClient(http_app.build(config), raise_server_exceptions=False) as client:
+        client.app.state.engine = Engine(config, graphs)
+        monkeypatch.setattr(Engine, "models", lambda self: 1 / 0)
+        response = client.get("/models")
+        assert response.status_code == 500 and "the server log has the traceback" in error_of(response)

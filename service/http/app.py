@@ -50,6 +50,13 @@ def http_error(request: Request, e: Exception) -> Response:
     return refused(request, InputError(e.status_code, message), dict(e.headers or {}))
 
 
+def failed(request: Request, e: Exception) -> Response:
+    """A bug (never anything a client sent): the traceback in the log, the same body as every refusal. Starlette
+    raises the exception on after this answer, so BentoML's server logs it too."""
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=e)
+    return JSONResponse({"error": "an unexpected error in the server (a bug); the server log has the traceback"}, 500)
+
+
 def build(config: ServingConfig, description: str = "") -> Starlette:
     """The app for `config`; its `state.engine` is None until the worker sets it."""
     document = json.dumps(openapi.document(description, config.auth)).encode()
@@ -71,7 +78,7 @@ def build(config: ServingConfig, description: str = "") -> Starlette:
             Route("/docs.json", docs, methods=["GET"]),
         ],
         middleware=[Middleware(t.cast(t.Any, BodiesMiddleware), limits=config.limits)],
-        exception_handlers={InputError: refused, HTTPException: http_error},
+        exception_handlers={InputError: refused, HTTPException: http_error, Exception: failed},
     )
     app.state.engine = None
     return app

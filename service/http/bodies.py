@@ -69,7 +69,8 @@ def depth(text: bytes) -> int:
 def parse_json(text: bytes | str, what: str) -> t.Any:
     """`text` parsed as JSON; ValueError if it is not JSON, InputError(400) if it nests deeper than MAX_JSON_DEPTH."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    nested = depth(raw)
+    # a text of 2 * MAX_JSON_DEPTH bytes cannot open more than MAX_JSON_DEPTH brackets: short values skip the count
+    nested = depth(raw) if len(raw) > 2 * MAX_JSON_DEPTH else 0
     if nested > MAX_JSON_DEPTH:
         raise InputError(400, f"{what} nests {nested} levels deep; the limit is {MAX_JSON_DEPTH}")
     try:
