@@ -47,11 +47,13 @@ bench: install
 	$(PY) -m bench.train_throughput --arch resnet18 resnet50 efficientnet_v2_s --size 64 --batch 16 --steps 5
 	$(PY) -m bench.serve_load --quick --models digits --concurrency 1 16 64 --duration 3 --warmup 1
 
-# A Bento of the models SERVING_CONFIG names (default serving.yaml), which it then serves: `bentoml serve TAG`.
+# A Bento of the models SERVING_CONFIG names (default serving.yaml), which it then serves: `bentoml serve TAG`. Its
+# ONNX Runtime is the one the config's device needs (onnxruntime for cpu, else onnxruntime-gpu; deploy/bento.py), and
+# it ends with the next steps: bentoml serve TAG, make container SERVING_CONFIG=...
 SERVING_CONFIG ?= serving.yaml
 
 bento: install
-	SERVING_CONFIG=$(SERVING_CONFIG) $(VENV)/bin/bentoml build
+	SERVING_CONFIG=$(SERVING_CONFIG) $(PY) -m deploy.bento
 
 # Containers (README, "Container"): VARIANT=cpu|gpu, BASE_IMAGE=python:3.11-slim to use a registry base instead
 # of the offline Debian one, IMAGE=name:tag, SERVING_CONFIG=mine.yaml for the models mine.yaml names. Needs a running

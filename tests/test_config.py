@@ -6,8 +6,8 @@ import pytest
 
 from core.errors import UserError
 from core.schema import key_paths
-from tests.conftest import ROOT
-from training.config import DEFAULTS, load_config, parse_overrides, save_config, valid_keys
+from tests.conftest import PHOTOS_RECIPE, ROOT
+from training.config import DEFAULTS, from_scratch, load_config, parse_overrides, save_config, valid_keys
 from training.recipe import Recipe
 
 # every recipe in configs/, so that a new one is loaded without being listed here
@@ -72,8 +72,17 @@ def test_a_misspelt_key_is_answered_with_the_nearest_valid_ones(tmp_path):
         load_config("configs/digits_resnet18.yaml", ["optim.lrr=1"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model:\n  archh: resnet18\n")
-    with pytest.raises(UserError, match=r"^unknown recipe key 'model.archh': did you mean model\.arch\?$"):
+    # a mistake in the file names the file; one in --set does not
+    with pytest.raises(
+        UserError, match=rf"^unknown recipe key 'model.archh': did you mean model\.arch\? \(in {recipe}\)$"
+    ):
         load_config(recipe)
+    recipe.write_text("optim:\n  lr: -1\n")
+    with pytest.raises(UserError, match=rf"^optim.lr must be a number greater than 0, got -1 \(in {recipe}\)$"):
+        load_config(recipe)
+    assert load_config(recipe, ["optim.lr=0.1"])["optim"]["lr"] == 0.1  # --set mends it
+    with pytest.raises(UserError, match=r"^optim.lr must be a number greater than 0, got -2$"):
+        load_config(recipe, ["optim.lr=-2"])
     # a key under the wrong section is pointed to the section that has it
     with pytest.raises(UserError, match=r"^unknown recipe key 'train.lr': did you mean optim\.lr\?$"):
         load_config(None, {"train.lr": 0.1})
@@ -124,3 +133,24 @@ def test_the_defaults_are_the_recipe_models_and_the_resolved_config_is_plain_yam
     assert config["optim"]["lr"] == 1.0 and isinstance(config["augment"]["rotation"], float)
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config  # --resume reads it back as a recipe
+
+
+def test_from_scratch_a_slower_body_learns_at_the_heads_rate():
+    """A body learning-rate multiplier below 1 serves pretrained weights only: from scratch fit sets it to 1 and
+    says so in one line (EfficientNetV2-S on the photos stayed at chance with 0.1)."""
+    config = load_config(PHOTOS_RECIPE, {"model.pretrained": "none"})
+    assert config["model"]["backbone_lr_mult"] == 0.1  # the file's value, until fit starts
+    changed, lines = from_scratch(config)
+    assert changed["model"]["backbone_lr_mult"] == 1.0 and config["model"]["backbone_lr_mult"] == 0.1
+    assert lines == [
+        "model.backbone_lr_mult 0.1 slows a pretrained body; with model.pretrained=none the body starts random and "
+        "learns at the head's rate: set to 1.0"
+    ]
+    # pretrained weights (a download or a file) keep the recipe's multiplier
+    for pretrained in ("imagenet", "/weights/resnet18-f37072fd.pth"):
+        config = load_config(PHOTOS_RECIPE, {"model.pretrained": pretrained})
+        assert from_scratch(config) == (config, [])
+    # every shipped recipe, made from scratch, trains its body at the head's rate
+    for recipe in sorted((ROOT / "configs").glob("*.yaml")):
+        config, _ = from_scratch(load_config(recipe, {"model.pretrained": "none"}))
+        assert config["model"]["backbone_lr_mult"] == 1.0, recipe

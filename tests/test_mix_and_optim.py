@@ -9,6 +9,7 @@ from torch import nn
 
 from core.errors import UserError
 from training.config import DEFAULTS
+from training.engine import recompute_batchnorm
 from training.mix import BatchMixer, cutmix, mixup
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
@@ -152,3 +153,25 @@ def test_gradient_clipping_bounds_each_step_and_off_does_not():
 
     assert step_norm(0.0) > 5.0
     assert step_norm(0.5) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_recomputed_batchnorm_statistics_are_the_average_over_the_batches_and_leave_the_rng_alone():
+    """Precise BN: the running statistics a few steps of training left behind are replaced by the plain average
+    over the first batches of the loader; momentum, train/eval mode and the global RNG are as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    norm = model[1]
+    norm.running_mean.fill_(5.0)
+    norm.running_var.fill_(9.0)
+    batches = [(torch.randn(4, 3, 8, 8) * (i + 1) + i, torch.zeros(4)) for i in range(3)]
+    model.train()
+    rng = torch.get_rng_state()
+    recompute_batchnorm(model, batches, torch.device("cpu"), batches=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert norm.momentum == 0.1 and model.training and norm.num_batches_tracked == 2
+    with torch.no_grad():
+        features = [model[0](images) for images, _ in batches[:2]]
+    means = torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0)
+    variances = torch.stack([f.var((0, 2, 3)) for f in features]).mean(0)  # unbiased, as BatchNorm keeps it
+    torch.testing.assert_close(norm.running_mean, means)
+    torch.testing.assert_close(norm.running_var, variances)

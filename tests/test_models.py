@@ -93,8 +93,17 @@ def test_our_checkpoint_as_pretrained_weights_and_rebuild(tmp_path):
 
 
 def test_unknown_arch_and_mismatched_weights(tmp_path):
-    with pytest.raises(UserError, match="unknown model.arch 'resnet19'; supported: .*efficientnet_v2_l.*resnet18"):
+    # the nearest names, not torchvision's ~80
+    with pytest.raises(
+        UserError, match=r"^unknown model.arch 'resnet19': did you mean resnet18 or resnet152 or \S+\?$"
+    ):
         build_model(model_cfg(arch="resnet19"), 10)
+    with pytest.raises(UserError, match=r"^unknown model.arch 'vit': did you mean vit_b_16 or vit_b_32 or "):
+        build_model(model_cfg(arch="vit"), 10)
+    with pytest.raises(
+        UserError, match=r"^unknown model.arch 'qqq': torchvision has no model of that name or near it \("
+    ):
+        build_model(model_cfg(arch="qqq"), 10)
     torch.save(get_model("resnet18").state_dict(), tmp_path / "r18.pth")
     with pytest.raises(UserError, match="do not fit ResNet: missing"):
         build_model(model_cfg(arch="resnet34", pretrained=str(tmp_path / "r18.pth")), 10)

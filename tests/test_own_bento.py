@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from export.__main__ import default_out
 from service import packed, port, stored
@@ -75,6 +77,22 @@ def test_export_writes_models_name_onnx_without_out():
     assert default_out("x.onnx", "digits-a") == "x.onnx"
     with pytest.raises(Exception, match="--out FILE.onnx, or --store NAME"):
         default_out(None, None)
+
+
+def test_a_bento_of_a_cpu_config_requires_onnxruntime_and_others_onnxruntime_gpu():
+    from deploy.bento import bentofile_for
+
+    source = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    [listed] = [p for p in source["python"]["packages"] if p.startswith("onnxruntime")]
+    assert listed.startswith("onnxruntime-gpu")
+    for device, runtime in [("cpu", listed.replace("onnxruntime-gpu", "onnxruntime")), ("auto", listed),
+                            ("cuda", listed)]:  # fmt: skip
+        packages = bentofile_for(source, device)["python"]["packages"]
+        assert [p for p in packages if p.startswith("onnxruntime")] == [runtime], (device, packages)
+        assert [p for p in packages if not p.startswith("onnxruntime")] == [
+            p for p in source["python"]["packages"] if not p.startswith("onnxruntime")
+        ]
+        assert bentofile_for(source, device)["include"] == source["include"]
 
 
 def test_make_passes_serving_config_to_bento_and_container():
@@ -156,9 +174,16 @@ def test_make_bento_packs_and_serves_the_config_it_is_given(own_store, tmp_path)
     make = subprocess.run(["make", "-o", "install", "bento", f"VENV={venv}", f"SERVING_CONFIG={env['SERVING_CONFIG']}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert make.returncode == 0, (make.stdout + make.stderr)[-3000:]
-    tag = make.stdout.split('Successfully built Bento(tag="')[-1].split('"')[0]
-    assert tag.startswith("classifier:"), make.stdout[-2000:]
+    # it ends with this project's next steps, not BentoML's (containerize, BentoCloud)
+    tag = make.stdout.split("== Bento ")[-1].split()[0]
+    assert tag.startswith("classifier:") and "BentoCloud" not in make.stdout, make.stdout[-2000:]
+    assert f"bentoml serve {tag} --port 3000" in make.stdout
+    assert f"make container SERVING_CONFIG={env['SERVING_CONFIG']}" in make.stdout
     assert _packed_models(env, tag) == ["digits-other", "digits-resnet18"]
+    # device: cpu carries plain onnxruntime, not onnxruntime-gpu and its CUDA libraries
+    home = Path(env["BENTOML_HOME"]) / "bentos" / "classifier" / tag.split(":")[1]
+    requirements = (home / "env" / "python" / "requirements.txt").read_text()
+    assert re.search(r"^onnxruntime==", requirements, re.MULTILINE) and "onnxruntime-gpu" not in requirements
     answer = _served(env, tag, tmp_path)
     assert sorted(answer["models"]) == ["digits-other", "digits-resnet18"]
     assert answer["ensembles"]["pair"]["members"] == ["digits-other", "digits-resnet18"]

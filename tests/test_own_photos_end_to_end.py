@@ -35,9 +35,19 @@ def readme_commands() -> list[str]:
 
 
 def moved(command: str, tmp: Path, port: int) -> str:
-    for place in ("data/photos", "runs/photos", "photos.yaml", "labels.csv"):
+    for place in ("data/photos", "runs/photos", "labels.csv"):
         command = re.sub(rf"(?<![\w/]){re.escape(place)}", str(tmp / place), command)
+    # the venv running these tests stands for the checkout's .venv
+    command = command.replace("source .venv/bin/activate", f"source {Path(sys.executable).parent / 'activate'}")
     return command.replace("3000", str(port))
+
+
+def fresh_shell() -> dict[str, str]:
+    """The environment of a new shell: no venv on PATH, no VIRTUAL_ENV, no SERVING_CONFIG."""
+    venv = str(Path(sys.executable).parent)
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p != venv and not p.startswith(f"{venv}{os.sep}")]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "SERVING_CONFIG", "PYTHONPATH")}
+    return {**env, "PATH": os.pathsep.join(path)}
 
 
 def bash(script: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -52,17 +62,20 @@ def test_the_readme_path_from_own_photos_to_a_served_bento(tmp_path):
     from tests.test_service import free_port
 
     commands = readme_commands()
+    # a new shell: the block activates the venv itself, and the steps after the server are run in one more
+    activate, commands = commands[0], commands[1:]
+    assert activate.startswith("source .venv/bin/activate"), activate
     [serve] = [i for i, c in enumerate(commands) if c.startswith("bentoml serve")]
     port = free_port()
-    before, serve_line, after = commands[:serve], commands[serve], commands[serve + 1 :]
+    before, serve_line, after = [activate, *commands[:serve]], commands[serve], commands[serve + 1 :]
     assert [c.split()[0] for c in after] == ["curl", "python"], after
+    after = [f"{activate} && {after[0]}", f"{activate} && {after[1]}"]
+    serve_line = f"{activate} && exec {serve_line}"
     env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the README's activated venv
+        **fresh_shell(),
         "BENTOML_HOME": str(tmp_path / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
     }
-    env.pop("SERVING_CONFIG", None)
     # `export --store photos` writes models/photos.onnx in the checkout, as the README says: a file a user has
     # there is put back afterwards
     onnx_file = ROOT / "models" / "photos.onnx"
@@ -86,7 +99,7 @@ def _walk(before: list[str], after: list[str], serve_line: str, env: dict, tmp_p
     from tests.test_service import running
 
     url = f"http://127.0.0.1:{port}"
-    serve = ["bash", "-c", f"exec {moved(serve_line, tmp_path, port)}"]
+    serve = ["bash", "-c", moved(serve_line, tmp_path, port)]
     with running(serve, env, tmp_path / "serve.log", url) as server:
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tests.conftest import PHOTOS_QUICK, PHOTOS_RECIPE, run_cli
@@ -96,7 +97,38 @@ def test_a_data_root_one_level_too_high_is_refused(photos_root, tmp_path, capsys
     _tiny(tmp_path / "data" / "mine", photos_root, {"train": ("cat", "rocket"), "val": ("cat", "rocket")})
     err = _error(capsys, _fit_args(tmp_path / "run", tmp_path / "data"))
     assert "holds datasets, not classes" in err and f"pass data.root={tmp_path / 'data' / 'mine'}" in err
-    assert not (tmp_path / "run" / "train.log").exists()  # refused before anything was trained or logged
+    assert not (tmp_path / "run").exists()  # refused before anything was written: no config.yaml, no train.log
+
+
+def test_a_refused_fit_leaves_the_folder_as_it_was(photos_root, tmp_path, capsys):
+    """--overwrite deletes the earlier run only once the new one is not refused: a data.root one level too high
+    and an unknown arch leave its files, and a refusal in a folder of other files adds none."""
+    _tiny(tmp_path / "data" / "mine", photos_root, {"train": ("cat", "rocket"), "val": ("cat", "rocket")})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"weights")
+    (out / "train.log").write_text("from the earlier run\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _error(capsys, _fit_args(out, tmp_path / "data", "--overwrite"))
+    err = _error(capsys, [*_fit_args(out, tmp_path / "data" / "mine", "--overwrite"), "model.arch=efficientnet_v2s"])
+    assert (
+        err == "error: unknown model.arch 'efficientnet_v2s': did you mean efficientnet_v2_s or efficientnet_v2_m"
+        " or efficientnet_v2_l?"
+    ), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    recipe = tmp_path / "recipe.yaml"  # the same name in a recipe file: the line names the file
+    recipe.write_text(PHOTOS_RECIPE.read_text().replace("arch: resnet18", "arch: resnt18"))
+    err = _error(capsys, [*_fit_args(out, tmp_path / "data" / "mine", "--overwrite")[:2], str(recipe),
+                          *_fit_args(out, tmp_path / "data" / "mine", "--overwrite")[3:]])  # fmt: skip
+    assert err.startswith("error: unknown model.arch 'resnt18': did you mean resnet18") and err.endswith(
+        f"? (in {recipe})"
+    ), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    _error(capsys, _fit_args(mine, tmp_path / "data"))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_a_val_split_missing_a_class_is_refused_unless_allowed(photos_root, tmp_path, capsys):
@@ -152,7 +184,18 @@ def test_overwrite_starts_the_run_afresh(photos_root, tmp_path, capsys):
     (out / "confusion_test.png").write_bytes(b"picture")  # evaluate's, of the earlier best.pt
     (out / "notes.txt").write_text("mine")  # not a run file: kept
     assert main(_fit_args(out, root, "--overwrite")) == 0
+    shown = capsys.readouterr().out
+    # the last line says where the files went; the recipe's slower body is set to 1 from scratch, in one line
+    assert (
+        shown.splitlines()[-1]
+        == f"checkpoint: {out / 'best.pt'}  curves: {out / 'curves.png'}  log: {out / 'train.log'}"
+    )
     log = (out / "train.log").read_text()
+    assert (
+        "model.backbone_lr_mult 0.1 slows a pretrained body; with model.pretrained=none the body starts random"
+        " and learns at the head's rate: set to 1.0" in log
+    )
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["backbone_lr_mult"] == 1.0
     assert "from the earlier run" not in log and log.count("summary: ") == 1
     assert log.startswith("train: 6 images, 2 of 2 classes (cat, rocket), 3-3 images a class\n")
     assert not (out / "seed1").exists() and not (out / "confusion_test.png").exists()

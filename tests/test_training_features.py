@@ -40,9 +40,11 @@ def assert_same(a: object, b: object, where: str) -> None:
 
 
 def test_resume_ends_where_an_uninterrupted_run_does(digits_root, tmp_path):
-    # EMA, CutMix and random crops on: their state and random draws must all survive the restart
+    # EMA, CutMix, random crops and recomputed BatchNorm statistics on: their state and random draws must all
+    # survive the restart
     settings = {
         "train.ema_decay": 0.9,
+        "train.bn_recompute_batches": 1,
         "augment.cutmix_p": 0.5,
         "schedule.name": "step",
         "schedule.step_size": 1,

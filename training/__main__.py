@@ -96,7 +96,9 @@ def _recipe(args: argparse.Namespace, flags: dict) -> dict:
     """The resolved config of a recipe command (recipe, then command-line flags, then --set), once --out may
     take the run: a run already there is refused without --resume / --overwrite (training/run_folder.py)."""
     from training.config import load_config
+    from training.data import build_splits
     from training.log import is_main_process
+    from training.models import check_arch
     from training.run_folder import claim
 
     if args.resume and args.overwrite:
@@ -105,8 +107,16 @@ def _recipe(args: argparse.Namespace, flags: dict) -> dict:
     if config_path is None:
         raise UserError(f"{args.command} needs --config (or --resume with an existing run folder)")
     overrides = {k: v for k, v in flags.items() if v not in (None, [], False)}
-    config = load_config(config_path, {**overrides, **parse_overrides(args.set)})
-    claim(args.out, args.resume, args.overwrite, is_main_process())  # after the recipe: a typo deletes nothing
+    overrides = {**overrides, **parse_overrides(args.set)}
+    config = load_config(config_path, overrides)
+    # an unknown arch and the data's own refusals (a data.root one level too high, a split missing a class) come
+    # before --overwrite clears anything, as a recipe's typo does: a refused run leaves --out as it was
+    try:
+        check_arch(config["model"]["arch"])
+    except UserError as e:
+        raise UserError(str(e) if "model.arch" in overrides else f"{e} (in {config_path})") from None
+    build_splits(config["data"])
+    claim(args.out, args.resume, args.overwrite, is_main_process())
     return config
 
 

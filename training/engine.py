@@ -136,3 +136,34 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, **kwargs) -> dict[str, Any]:
     logits, labels = predict(model, loader, device, **kwargs)
     return metrics_from_logits(logits, labels, num_classes)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, loader, device: torch.device, batches: int, amp: str = "none") -> None:
+    """BatchNorm running statistics replaced by their plain average over the first `batches` batches of `loader`.
+
+    A running average (momentum 0.1) trails the weights it describes by about ten steps. From scratch, with a
+    few steps an epoch, the weights move faster than that, and a deep body evaluated with the lagging statistics
+    answers at chance while training on its own batch statistics learns: EfficientNetV2-S on the bundled
+    photos, 8 epochs of 8 steps, val 0.17 with them and 0.80 with them recomputed ("precise BN", as pycls and
+    detectron2 do). The global RNG is left as it was: resuming stays bit-identical.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches < 1:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    model.eval()  # dropout and stochastic depth off: the statistics of the activations evaluation will see
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws its base seed from the global RNG
+        for i, (images, _) in enumerate(loader):
+            if i == batches:
+                break
+            with autocast(device, amp):
+                model(images.to(device, non_blocking=True))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)

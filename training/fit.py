@@ -28,11 +28,11 @@ from torch import nn
 from core.errors import UserError
 from training import checkpoint as ckpt
 from training import log
-from training.config import save_config
+from training.config import from_scratch, save_config
 from training.data import build_splits, describe, eval_loader, train_loader
 from training.distributed import all_mean, barrier, cleanup, init_distributed
 from training.ema import EMA
-from training.engine import TrainState, evaluate, train_one_epoch
+from training.engine import TrainState, evaluate, recompute_batchnorm, train_one_epoch
 from training.models import build_model, freeze_backbone, model_from_checkpoint, set_train_mode
 from training.optim import build_optimizer, build_scheduler, param_groups
 from training.plots import plot_curves
@@ -78,18 +78,23 @@ def fit(
     info, device = init_distributed(config["device"])
     show = show and info.main
     out = Path(out_dir)
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    config, scratch_lines = from_scratch(config)
     seed_everything(config["seed"], config["deterministic"])
     data_cfg, train_cfg = config["data"], config["train"]
     if train_cfg["amp"] == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 needs CUDA; use bf16 or none on CPU")
 
+    # every refusal about the data, the teachers or the model comes before the first file is written, so a
+    # refused run leaves --out as it was (no config.yaml, no train.log)
     splits = build_splits(data_cfg)
     labels = splits.labels
     task.prepare(splits, device)
     model, preprocess, head = build_model(config["model"], len(labels), config["preprocess"])
+    if train_cfg["sync_bn"] and info.enabled and device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
     if show:  # what the run found, before the first step: a wrong data.root or size shows up here, not in hours
         for line in describe(splits):
             log.info(line)
@@ -97,12 +102,12 @@ def fit(
             f"input: {preprocess['crop_size']} px crops of images resized to {preprocess['resize_size']} px "
             f"({preprocess['interpolation']}); model {config['model']['arch']}, device {device}"
         )
+        for line in scratch_lines:
+            log.warning(line)
     linear_probe = config["model"]["transfer"] == "linear_probe"
     if linear_probe:
         freeze_backbone(model, head)
     if train_cfg["sync_bn"] and info.enabled:
-        if device.type != "cuda":
-            raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if train_cfg["channels_last"]:
@@ -118,6 +123,7 @@ def fit(
         stage_loaders.append(train_loader(train_set, stage_cfg, config["seed"], info.rank, info.world, pin))
     steps = [len(stage_loaders[stage_of(stages, e).index][0]) for e in range(1, train_cfg["epochs"] + 1)]
     val_loader = eval_loader(splits.dataset("val", eval_transform(preprocess)), data_cfg, pin)
+    bn_loader = eval_loader(splits.dataset("train", eval_transform(preprocess)), data_cfg, pin)
 
     optimizer = build_optimizer(
         param_groups(model, head, config["optim"], config["model"]["backbone_lr_mult"]), config["optim"]
@@ -161,6 +167,9 @@ def fit(
         train_loss = all_mean(train["loss"], info, device)
         train_acc = all_mean(train["acc"], info, device)
         if info.main:
+            for weights in (raw_model, ema.module if ema else None):
+                if weights is not None and train_cfg["bn_recompute_batches"]:
+                    recompute_batchnorm(weights, bn_loader, device, train_cfg["bn_recompute_batches"], train_cfg["amp"])
             val = evaluate(raw_model, val_loader, device, num_classes, amp=train_cfg["amp"])
             row = {
                 "epoch": epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
@@ -239,7 +248,14 @@ def _finish(out: Path, splits, data_cfg: dict, device: torch.device, config: dic
         ckpt.save(best, out / "best.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(f"summary: {json.dumps(summary)}")
+    log.info(wrote_line(out))
     return summary
+
+
+def wrote_line(out: Path) -> str:
+    """Where a run's files went, the last line a run shows: the checkpoint to evaluate and export, its curves
+    and its log (the rest of the folder: docs/contract.md, Training CLI)."""
+    return f"checkpoint: {out / 'best.pt'}  curves: {out / 'curves.png'}  log: {out / 'train.log'}"
 
 
 @log.to_run_folder
@@ -279,4 +295,6 @@ def fit_runs(config: dict[str, Any], out_dir: str | Path, runs: int, resume: boo
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = f"test_acc {summary['test_acc']:.4f} +- {summary['test_acc_std']:.4f}" if "test_acc" in summary else ""
     log.info(f"{runs} runs: best_val_acc {summary['best_val_acc']:.4f} +- {summary['best_val_acc_std']:.4f} {text}")
+    log.info(f"checkpoint: {out / 'best.pt'} (seed {best_run['seed']})  curves: {out / 'seed<N>' / 'curves.png'}  "
+             f"log: {out / 'train.log'}")  # fmt: skip
     return summary

@@ -6,6 +6,7 @@ model is chosen, stored in the checkpoint, and from there travels into the ONNX 
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,19 @@ def supported_archs() -> list[str]:
     return sorted(list_models(module=torchvision.models))
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in supported_archs():
-        raise UserError(f"unknown model.arch '{arch}'; supported: {', '.join(supported_archs())}")
+def check_arch(arch: str) -> None:
+    """A name torchvision does not know is refused with the nearest known ones, not all ~80 of them."""
+    archs = supported_archs()
+    if arch in archs:
+        return
+    name = arch.lower().replace("-", "_")
+    near = difflib.get_close_matches(name, archs, 3, 0.6) or [a for a in archs if a.startswith(name)][:6]
+    if near:
+        raise UserError(f"unknown model.arch '{arch}': did you mean {' or '.join(near)}?")
+    raise UserError(
+        f"unknown model.arch '{arch}': torchvision has no model of that name or near it "
+        f"({len(archs)} names: python -c 'import torchvision; print(torchvision.models.list_models())')"
+    )
 
 
 def _weights_enum(arch: str, name: str = "DEFAULT") -> Any:
@@ -146,7 +157,7 @@ def build_model(
 ) -> tuple[nn.Module, dict[str, Any], str]:
     """Recipe `model` section -> (model with a `num_classes` head, preprocess dict, head name)."""
     arch = model_cfg["arch"]
-    _check_arch(arch)
+    check_arch(arch)
     model, extra_dropout = _build(arch, model_cfg)
     head = find_head(model)
     pretrained = str(model_cfg["pretrained"])

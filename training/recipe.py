@@ -37,7 +37,9 @@ class Model(Section):
     arch: str = Field("resnet18", description="any torchvision classification model name")
     pretrained: str = Field("none", description="imagenet | none | <weights enum name> | <path to .pth / checkpoint>")
     transfer: Literal["full", "linear_probe"] = "full"
-    backbone_lr_mult: float = Field(1.0, ge=0, description="lr of the pretrained body relative to the new head")
+    backbone_lr_mult: float = Field(
+        1.0, ge=0, description="lr of the pretrained body relative to the new head; 1 when pretrained is none"
+    )
     dropout: float | None = Field(None, ge=0, le=1, description="classifier dropout; None keeps the arch's default")
     stochastic_depth_prob: float | None = Field(
         None, ge=0, le=1, description="EfficientNet / ConvNeXt / Swin; None keeps the default"
@@ -109,6 +111,12 @@ class Train(Section):
         0.0, ge=0, lt=1, description="0 = no EMA; e.g. 0.999 keeps an exponential moving average of weights"
     )
     log_every: int = Field(10, ge=1, description="steps between progress lines")
+    bn_recompute_batches: int = Field(
+        0,
+        ge=0,
+        description="before each evaluation, BatchNorm statistics recomputed from this many batches of the train "
+        "split at eval preprocessing (0 = off): from scratch with few steps an epoch, the running ones lag",
+    )
 
 
 class Progressive(Section):
