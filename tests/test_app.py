@@ -399,3 +399,67 @@ def test_a_bug_is_a_500_in_the_same_body(config, graphs, monkeypatch):
         monkeypatch.setattr(Engine, "models", lambda self: 1 / 0)
         response = client.get("/models")
         assert response.status_code == 500 and "the server log has the traceback" in error_of(response)
+
+
+def _starlette_items(body: bytes, content_type: str) -> list[tuple[str, str | bytes]]:
+    """What Starlette's own streaming parser reads from a multipart body: the oracle of `forms.multipart`."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return chunks.pop(0)
+
+    async def read() -> list:
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", content_type.encode())]}
+        form = await Request(scope, receive).form()
+        return [(k, v if isinstance(v, str) else await v.read()) for k, v in form.multi_items()]
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(
+    "files, data",
+    [
+        ([("images", ("a.png", b"\x89PNG\r\n--not the boundary\r\n\r\n", "image/png"))], {"top_k": "3"}),
+        ([("images", ("a b;c.png", b"", "image/png")), ("images", ('q"uote.jpg', b"x" * 70_000, "image/jpeg"))], {}),
+        ([("images", ("é.png", b"\r\n\r\n", "application/octet-stream"))], {"model": "näme", "voting": ""}),
+        ([("top_k", (None, "2")), ("images", ("a.png", bytes(range(256)) * 3, "image/png"))], {}),
+    ],
+)
+def test_the_whole_body_multipart_reader_reads_what_starlettes_parser_reads(files, data):
+    from service.http.forms import multipart
+
+    request = httpx.Request("POST", "http://x/classify", files=files, data=data)
+    body, content_type = request.read(), request.headers["content-type"]
+    assert multipart(body, content_type) == _starlette_items(body, content_type)
+    # a preamble before the first boundary and an epilogue after the last are not parts (RFC 2046)
+    assert multipart(b"preamble\r\n" + body + b"epilogue", content_type) == _starlette_items(body, content_type)
+
+
+def test_a_multipart_body_that_does_not_parse_is_named():
+    from service.errors import InputError
+    from service.http.forms import multipart
+
+    part = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\nPNG'
+    for body, content_type, why in [
+        (part + b"\r\n--b--\r\n", "multipart/form-data", "Missing boundary"),
+        (b"no delimiter at all", "multipart/form-data; boundary=b", "no boundary in the body"),
+        (part, "multipart/form-data; boundary=b", "part 0 is not closed by the boundary"),
+        (b"--b\r\nContent-Type: image/png\r\n\r\nPNG\r\n--b--", "multipart/form-data; boundary=b", "part 0 has no"),
+    ]:
+        with pytest.raises(InputError, match=why) as refused:
+            multipart(body, content_type)
+        assert refused.value.status == 400 and "not valid multipart/form-data" in refused.value.message
+
+
+def test_a_large_multipart_body_streams_through_starlettes_parser_to_the_same_answer(app, monkeypatch):
+    from service.http import forms
+
+    files = [("images", ("r.png", encoded(RED), "image/png")), ("images", ("b.png", encoded(BLUE), "image/png"))]
+    whole = post(app, "/classify", files=files, data={"top_k": "2"})
+    monkeypatch.setattr(forms, "WHOLE_BODY_BYTES", 10)  # every body is "large" now
+    streamed = post(app, "/classify", files=files, data={"top_k": "2"})
+    assert whole.status_code == streamed.status_code == 200 and whole.json() == streamed.json()
