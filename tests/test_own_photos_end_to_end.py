@@ -65,6 +65,8 @@ def test_the_readme_path_from_own_photos_to_a_served_bento(tmp_path):
     # a new shell: the block activates the venv itself, and the steps after the server are run in one more
     activate, commands = commands[0], commands[1:]
     assert activate.startswith("source .venv/bin/activate"), activate
+    # joined with `&&` below, where the line's own comment would hide the command after it
+    activate = activate.split("#", 1)[0].strip()
     [serve] = [i for i, c in enumerate(commands) if c.startswith("bentoml serve")]
     port = free_port()
     before, serve_line, after = [activate, *commands[:serve]], commands[serve], commands[serve + 1 :]

@@ -31,8 +31,8 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # a client's status for a body that ended early because the client left (nginx's "client closed request")
 DISCONNECTED = 499
 # a multipart body of at most this many bytes is read whole and split in one pass (`multipart`); a larger one streams
-# through Starlette's parser, which spools large parts to disk. A 48 KB photo cost the server 0.17-0.19 ms of CPU a
-# request more as a multipart part than as the whole body with Starlette's parser (bench/README.md, 'Host CPU per
+# through Starlette's parser, which spools large parts to disk. Starlette's parser cost the server more CPU a request
+# for a photo as a part than as the whole body, several times what this one costs (bench/README.md, 'Host CPU per
 # request')
 WHOLE_BODY_BYTES = 4 * 2**20
 Image = bytes | UploadFile
