@@ -151,10 +151,13 @@ class Observability(_Section):
 
 class Connections(_Section):
     """service/connections.py. header_timeout_s: a connection must complete its request headers within this long
-    of opening (or of its previous answer). drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503,
-    each answer closing its connection) before it shuts down; 0: shut down at once."""
+    of opening (or of its previous answer). body_timeout_s: a request's whole body must arrive within this long of
+    its headers, else 408 (service/http/bodies.py): a slow or unfinished upload is the client's fault, not a 504 after
+    the request timeout. drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503, each answer closing
+    its connection) before it shuts down; 0: shut down at once."""
 
     header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
     drain_s: float = Field(10.0, ge=0)
 
 

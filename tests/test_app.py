@@ -326,8 +326,9 @@ def test_every_answer_fits_the_openapi_document(app):
         seen.setdefault(route, set()).add(response.status_code)
     for route in ("/classify", "/ensemble"):
         documented = {int(s) for s in document["paths"][route]["post"]["responses"]}
-        # 500: a bug; 503: overload (test_requests.py); 504: the timeout (the same)
-        assert documented - seen[route] <= {500, 503, 504}, (route, documented, seen[route])
+        # 500: a bug; 503: overload (test_requests.py); 504: the timeout (the same); 408: a body that stops
+        # (test_a_body_that_stops_is_answered_408, against this document too)
+        assert documented - seen[route] <= {408, 500, 503, 504}, (route, documented, seen[route])
     post_body = document["paths"]["/classify"]["post"]["requestBody"]["content"]
     assert set(post_body) == {"multipart/form-data", "image/*"}
     assert {p["name"] for p in document["paths"]["/classify"]["post"]["parameters"]} == {"top_k", "model"}
@@ -463,3 +464,43 @@ def test_a_large_multipart_body_streams_through_starlettes_parser_to_the_same_an
     monkeypatch.setattr(forms, "WHOLE_BODY_BYTES", 10)  # every body is "large" now
     streamed = post(app, "/classify", files=files, data={"top_k": "2"})
     assert whole.status_code == streamed.status_code == 200 and whole.json() == streamed.json()
+
+
+def test_a_body_that_stops_is_answered_408(config, graphs):
+    """A body that stops half-way (a client that sends a length and then too little, or a chunked body without its
+    end) is answered 408 once `connections.body_timeout_s` has passed, and its connection closed; driven through
+    the ASGI interface itself, whose `receive` a test client cannot hold back."""
+    import asyncio
+
+    slow = config.model_copy(update={"connections": config.connections.model_copy(update={"body_timeout_s": 0.3})})
+    app = http_app.build(slow)
+    app.state.engine = Engine(config, graphs)
+    document = TestClient(app).get("/docs.json").json()
+    head = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
+    for headers in ([(b"content-length", b"100000")], [(b"transfer-encoding", b"chunked")]):
+        scope = {"type": "http", "method": "POST", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=b"), *headers], "http_version": "1.1",
+                 "scheme": "http", "server": ("127.0.0.1", 3000), "client": ("127.0.0.1", 5),
+                 "root_path": ""}  # fmt: skip
+        sent: list[dict] = []
+        chunks = [{"type": "http.request", "body": head, "more_body": True}]
+
+        async def receive(chunks=chunks) -> dict:
+            if chunks:
+                return chunks.pop(0)
+            await asyncio.Event().wait()  # the rest never comes
+            return {}
+
+        async def send(message: dict, sent=sent) -> None:
+            sent.append(message)
+
+        async def call(scope=scope, receive=receive, send=send) -> None:
+            await asyncio.wait_for(app(scope, receive, send), 30)  # a hang fails the test, not the suite
+
+        asyncio.run(call())
+        start, body = sent[0], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+        assert start["status"] == 408 and (b"connection", b"close") in start["headers"], start
+        assert body == {"error": "the body did not arrive within 0.3 s of the request (connections.body_timeout_s); "
+                                 "send it whole, at once"}  # fmt: skip
+        schema = document["paths"]["/classify"]["post"]["responses"]["408"]["content"]["application/json"]["schema"]
+        jsonschema.validate(body, {**schema, "components": document["components"]})

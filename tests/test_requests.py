@@ -38,7 +38,7 @@ ensembles:
   default: {members: [digits-small], voting: soft}
 batching: {max_batch_size: 16, max_latency_ms: 5000}
 limits: {max_images_per_request: 4, max_image_bytes: 100000, max_image_pixels: 1000000}
-connections: {header_timeout_s: 2, drain_s: 20}
+connections: {header_timeout_s: 2, body_timeout_s: 3, drain_s: 20}
 """
 
 
@@ -117,6 +117,9 @@ def test_bodies_are_bounded_on_the_wire_and_no_client_gets_a_500(server, png, st
     assert thin.status_code == 200 and len(thin.json()) == 4, thin.text
     got = httpx.get(f"{server}/classify", timeout=30)
     assert got.status_code == 405 and error_of(got) == "/classify takes POST, not GET"
+    # a body that stops half-way: 408 after connections.body_timeout_s (3 s here), not a 504 after the request timeout
+    status, stalled = _stalled_upload(server)
+    assert status == 408 and "(connections.body_timeout_s)" in stalled["error"], (status, stalled)
     # logged by the access line at INFO as 499 (a client that closed its request, nginx's status), not as a 500
     log = Path(store["LOG_PATH"]).read_text()
     assert "length=10000) (status=499," in log, log[-3000:]
@@ -171,11 +174,13 @@ def test_sigterm_drains_instead_of_resetting_kept_alive_connections(store, tmp_p
 
 
 OVERLOADED = SERVING.replace("max_latency_ms: 5000", "max_latency_ms: 1, max_wait_ms: 50")
-TIMEOUT_S = 5  # the request timeout this server runs with (BentoML's config override of traffic.timeout)
+TIMEOUT_S = 2  # the request timeout this server runs with (BentoML's config override of traffic.timeout), under
+# connections.body_timeout_s (3), so that the stalled upload below meets the request timeout first
 
 
 def _stalled_upload(url: str) -> tuple[int, dict]:
-    """A /classify request whose body stops half-way and never resumes: only the request timeout can answer it.
+    """A /classify request whose body stops half-way and never resumes: only a timeout (the body's, or the request's)
+    can answer it.
     Returns (status, JSON body). The socket's own timeout only guards against a server that never answers."""
     host, port = url.removeprefix("http://").split(":")
     head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from service.config import ServingConfig
 from service.errors import InputError
 from service.http import openapi, routes
-from service.http.bodies import BodiesMiddleware
+from service.http.bodies import TOO_LARGE, TOO_SLOW, BodiesMiddleware
 from service.http.page import page
 
 logger = logging.getLogger("service")
@@ -37,6 +37,9 @@ def refused(request: Request, e: Exception, headers: dict[str, str] | None = Non
     client sending bad requests cannot flood the log."""
     assert isinstance(e, InputError)
     logger.info("refused with %d: %s %s: %s", e.status, request.method, request.url.path, e.message)
+    if TOO_LARGE in request.scope or TOO_SLOW in request.scope:
+        # the rest of the body is left unread on the connection: the next request could not be told from it
+        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
 
 
@@ -77,7 +80,11 @@ def build(config: ServingConfig, description: str = "") -> Starlette:
             Route("/", home, methods=["GET"]),
             Route("/docs.json", docs, methods=["GET"]),
         ],
-        middleware=[Middleware(t.cast(t.Any, BodiesMiddleware), limits=config.limits)],
+        middleware=[
+            Middleware(
+                t.cast(t.Any, BodiesMiddleware), limits=config.limits, body_timeout_s=config.connections.body_timeout_s
+            )
+        ],  # fmt: skip
         exception_handlers={InputError: refused, HTTPException: http_error, Exception: failed},
     )
     app.state.engine = None

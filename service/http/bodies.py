@@ -4,7 +4,9 @@
 Content-Length over the bound of its body type: one image (`limits.max_image_bytes`) for an image sent as the whole
 body, `limits.max_json_bytes` for JSON, `limits.max_body_bytes` for the rest. A body sent without a length (chunked)
 is counted while it streams: past the bound the route's reader sees the end of the stream (`http.disconnect`), and
-`TOO_LARGE` in the request's scope tells it why (service/http/forms.py).
+`TOO_LARGE` in the request's scope tells it why (service/http/forms.py). A body that has not all arrived within
+`connections.body_timeout_s` of the request ends the same way, `TOO_SLOW` saying why: 408, where a body that
+trickled in or never ended held its connection for the request timeout and got a 504 (bench/README.md, 'Attacks').
 
 `parse_json` parses a JSON body or form value with its nesting checked first: Python's parser recurses, and a
 value nested about 1,000 deep raised RecursionError (a 500 with a traceback). Bodies are parsed in a thread, so a
@@ -13,6 +15,7 @@ large one does not stall the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -28,6 +31,8 @@ logger = logging.getLogger("service")
 
 # the key in a request's ASGI scope that says its body went past the bound: (the bound in bytes, its setting)
 TOO_LARGE = "imgclf.body_too_large"
+# the key that says its body did not arrive in time: the seconds it had
+TOO_SLOW = "imgclf.body_too_slow"
 # the routes take flat fields: a value nested deeper than this is never a valid request
 MAX_JSON_DEPTH = 32
 JSON_TYPES = ("", "application/json")
@@ -82,8 +87,8 @@ def parse_json(text: bytes | str, what: str) -> t.Any:
 class BodiesMiddleware:
     """Refuses a body whose Content-Length is over its bound, and bounds the bytes of every body it lets through."""
 
-    def __init__(self, app: t.Any, limits: Limits) -> None:
-        self.app, self.limits = app, limits
+    def __init__(self, app: t.Any, limits: Limits, body_timeout_s: float) -> None:
+        self.app, self.limits, self.body_timeout_s = app, limits, body_timeout_s
 
     async def __call__(self, scope: dict, receive: t.Callable, send: t.Callable) -> None:
         if scope["type"] != "http":
@@ -97,12 +102,18 @@ class BodiesMiddleware:
             response = JSONResponse({"error": message}, status_code=413, headers={"Connection": "close"})
             return await response(scope, receive, send)
         seen = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def bounded() -> dict:
             nonlocal seen
-            if TOO_LARGE in scope:
+            if TOO_LARGE in scope or TOO_SLOW in scope:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                scope[TOO_SLOW] = self.body_timeout_s
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > bound:

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.decode import listed, quoted
 from service.errors import InputError
-from service.http.bodies import JSON_TYPES, TOO_LARGE, is_raw_image, parse_json
+from service.http.bodies import JSON_TYPES, TOO_LARGE, TOO_SLOW, is_raw_image, parse_json
 
 FILE_HINT = "curl -F images=@digit.png"
 RAW_HINT = "curl --data-binary @digit.png -H 'Content-Type: image/png'"
@@ -256,4 +256,8 @@ def _cut_short(request: Request) -> InputError:
     if TOO_LARGE in request.scope:
         bound, setting = request.scope[TOO_LARGE]
         return InputError(413, f"the body is over {bound} bytes, the limit ({setting})")
+    if TOO_SLOW in request.scope:
+        seconds = request.scope[TOO_SLOW]
+        return InputError(408, f"the body did not arrive within {seconds:g} s of the request "
+                               "(connections.body_timeout_s); send it whole, at once")  # fmt: skip
     return InputError(DISCONNECTED, "the client disconnected before the end of the body")

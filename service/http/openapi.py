@@ -25,6 +25,7 @@ REFUSALS = {
     "voting rule, an empty, truncated or corrupt image",
     404: "an unknown model or ensemble",
     405: "a method other than POST",
+    408: "a body that did not all arrive within connections.body_timeout_s of the request",
     413: "more images than limits.max_images_per_request, an image over limits.max_image_bytes or "
     "limits.max_image_pixels or whose decoding alone would exceed limits.decode_budget_bytes, a body over "
     "limits.max_body_bytes (JSON: limits.max_json_bytes; one image as the body: limits.max_image_bytes)",
@@ -36,10 +37,11 @@ REFUSALS = {
     504: "not answered within the request timeout (60 s)",
 }
 ROUTE_STATUSES = {
-    "/classify": {n: REFUSALS[n] for n in (400, 404, 405, 413, 415, 500, 503, 504)},
-    "/ensemble": {n: REFUSALS[n] for n in (400, 404, 405, 413, 415, 500, 503, 504)},
+    "/classify": {n: REFUSALS[n] for n in (400, 404, 405, 408, 413, 415, 500, 503, 504)},
+    "/ensemble": {n: REFUSALS[n] for n in (400, 404, 405, 408, 413, 415, 500, 503, 504)},
     "/models": {
         400: "an unknown field (the route takes none), or a body that is not valid JSON or a valid form",
+        408: REFUSALS[408],
         413: "a body over limits.max_json_bytes or limits.max_body_bytes",
         415: "a body of another media type than JSON or a form",
         500: REFUSALS[500],
