@@ -387,6 +387,8 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
                 refused = client.request(method, route, headers=headers, content=png)
                 assert refused.status_code == 401 and "Authorization: Bearer KEY" in error_of(refused), route
                 assert refused.headers["www-authenticate"].startswith('Bearer realm="classifier"')
+                assert refused.headers["connection"] == "close"  # the body it never read goes with the connection
+            assert "connection" not in client.request(method, route).headers  # no body: the connection stays
             for headers in ({"X-API-Key": "right-key"}, {"Authorization": "Bearer right-key"}):
                 kwargs = {"content": png, "headers": {**headers, "content-type": "image/png"}}
                 assert client.request(method, route, **kwargs).status_code in (200, 404), route

@@ -128,6 +128,28 @@ def test_every_classification_route_needs_a_key(server, png):
 
 
 @pytest.mark.slow
+def test_a_refused_body_goes_with_its_connection(server):
+    """A 401 is answered before the body is read; the server then closes the connection rather than wait, for ever,
+    for the rest of a body the client said was 1,000,000 bytes (or read it as the next request)."""
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n"
+                     b"\r\n" + b"x" * 100)  # fmt: skip
+        answer, closed = b"", False
+        while not closed and len(answer) < 100_000:  # until the server closes it (the socket's 30 s timeout fails)
+            try:
+                chunk = sock.recv(65536)
+                closed = not chunk
+                answer += chunk
+                sock.sendall(b"y")  # the client keeps sending its body: the connection closes all the same
+            except (ConnectionResetError, BrokenPipeError):  # closed while the client was still sending
+                closed = True
+    assert closed and answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer.lower(), answer[:300]
+
+
+@pytest.mark.slow
 def test_health_is_open_metrics_closed_and_docs_open_as_configured(server):
     for path in ("/livez", "/healthz", "/readyz", "/", "/docs.json", "/schema.json", "/static_content/index.css"):
         assert httpx.get(f"{server}{path}", timeout=30).status_code == 200, path
