@@ -1,4 +1,5 @@
-"""A request's images -> the pixels a graph takes, each image decoded within the worker's budget (service/budget.py).
+"""A request's images -> the pixels a graph takes, each image decoded within the worker's budget (service/budget.py),
+which counts the image's own bytes beside its decoded pixels and their intermediates.
 
 Each image is read and its header checked in a thread; where the budget has room at once it is decoded in that same
 thread (one hop off the event loop an image, as before the budget existed). Otherwise the event loop waits for room
@@ -44,16 +45,21 @@ async def pixels(
 ) -> list[np.ndarray]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
-    def first(i: int, upload: bytes | UploadFile) -> np.ndarray | tuple[bytes, int]:
-        """The pixels, where this thread may decode them now (the header read once); else the bytes and their cost
-        (from the header)."""
+    def first(i: int, upload: bytes | UploadFile) -> np.ndarray | tuple[bytes | None, int]:
+        """The pixels, where this thread may decode them now (the header read once); else the cost of decoding them
+        (from the header, the image's own bytes counted) and the bytes, or None where the budget is full and the
+        part can be read again from its file after the wait."""
         data = read(upload, i, limits.max_image_bytes)
-        taken = 0
+        taken, full = 0, False
 
         def take(cost: int) -> bool:
-            nonlocal taken
+            nonlocal taken, full
+            cost += len(data)  # held while it decodes
             budget.check(cost, f"image {i}")
-            if decoder is not None or not budget.take(cost):
+            if decoder is not None:
+                return False
+            if not budget.take(cost):
+                full = True
                 return False
             taken = cost
             return True
@@ -63,7 +69,11 @@ async def pixels(
         finally:
             if taken:
                 budget.give_back(taken)
-        return got if isinstance(got, np.ndarray) else (data, got)
+        if isinstance(got, np.ndarray):
+            return got
+        # images waiting for room in the budget do not hold their bytes meanwhile: 64 parts of 10 MB each, read
+        # and waiting, took a worker 1.2 GB past its budget (issue 31); a part is on Starlette's spooled file
+        return (None if full and not isinstance(upload, bytes) else data), got + len(data)
 
     async def one(i: int, upload: bytes | UploadFile) -> np.ndarray:
         got = await asyncio.to_thread(first, i, upload)
@@ -72,11 +82,14 @@ async def pixels(
         data, cost = got
         await budget.wait_to_take(cost, f"image {i}")
         try:
+            if data is None:
+                data = await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
             if decoder is not None:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
             return await asyncio.to_thread(decode, data, i, limits, preprocess)
         finally:
+            del data  # the bytes go before the budget they were counted in is given back
             budget.give_back(cost, trim=decoder is None)
 
     # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per

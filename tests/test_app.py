@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 import warnings
 
 import httpx
@@ -506,3 +507,42 @@ def test_a_body_that_stops_is_answered_408(config, graphs):
                                  "send it whole, at once"}  # fmt: skip
         schema = document["paths"]["/classify"]["post"]["responses"]["408"]["content"]["application/json"]["schema"]
         jsonschema.validate(body, {**schema, "components": document["components"]})
+
+
+def test_images_waiting_for_the_budget_are_read_again_and_answered_alike(config, graphs, monkeypatch):
+    """With room in the decoding budget for one image at a time, a request of four parts still gets the answers it
+    gets with room for all: each waiting part is read again from its file once there is room (its bytes are not
+    held while it waits), and the budget is all given back."""
+    from service import pixels
+    from service.decode import decode_within
+    from service.http import forms
+
+    pngs = [encoded(colour, size=(300, 200)) for colour in (RED, BLUE, (0, 200, 0), (90, 90, 90))]
+    costs: list[int] = []
+    for data in pngs:
+        decode_within(data, 0, config.limits, app_preprocess(graphs), lambda cost: costs.append(cost) or False)
+    one_at_a_time = max(c + len(d) for c, d in zip(costs, pngs, strict=True))
+    limits = config.limits.model_copy(update={"decode_budget_bytes": one_at_a_time})
+    tight = config.model_copy(update={"limits": limits})
+    files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+    monkeypatch.setattr(forms, "WHOLE_BODY_BYTES", 10)  # the parts come as Starlette's spooled files
+    reads: list[int] = []
+    monkeypatch.setattr(pixels, "read", lambda *a, read=pixels.read: reads.append(a[1]) or read(*a))
+    answers = []
+    for settings in (config, tight):
+        reads.clear()
+        with TestClient(http_app.build(settings)) as client:
+            client.app.state.engine = engine = Engine(settings, graphs)
+            if settings is tight:  # another request's image holds the whole budget for the first 0.3 s
+                assert engine.budget.take(one_at_a_time)
+                threading.Timer(0.3, engine.budget.give_back, (one_at_a_time,)).start()
+            answers.append(client.post("/classify", files=files).json())
+            assert engine.budget.used == 0
+    assert answers[0] == answers[1] and len(answers[1]) == 4
+    assert len(reads) == 8, reads  # every part found the budget full, waited without its bytes, was read again
+
+
+def app_preprocess(graphs: dict) -> dict:
+    from core import metadata
+
+    return metadata.preprocess_of(graphs["a"][1].meta)
