@@ -110,12 +110,6 @@ def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
     return pixels * (decoded + converting + 3 + buffered) + 3 * (resized + first_pass)
 
 
-def decoding_cost(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:
-    """`cost_of` the upload, from its header; raises the InputError that `decode` would for a bad header."""
-    with _opened(data, f"image {index}", limits, preprocess) as image:
-        return cost_of(image, preprocess)
-
-
 def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
     """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
     model's own eval resize + center crop."""

@@ -19,9 +19,9 @@ import typing as t
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
-from starlette.datastructures import UploadFile
 
 from core import metadata
+from core.voting import VOTINGS
 from service.batcher import Batcher, Overloaded
 from service.budget import Budget
 from service.config import ServingConfig
@@ -29,10 +29,8 @@ from service.decode import quoted
 from service.errors import InputError
 from service.metrics import BATCH_IMAGES, BATCH_RUN_IMAGES, INFERENCE_SECONDS, REQUESTS, WARMUP_SECONDS
 from service.models import rank, top
-from service.pixels import pixels
+from service.pixels import Image, pixels
 from service.runtime import Graph
-
-Image = bytes | UploadFile  # a raw body, or a multipart part (held in memory, or spooled to disk when large)
 
 
 class Engine:
@@ -96,7 +94,7 @@ class Engine:
                                   f"{', '.join(self.config.ensembles) or 'none'}")  # fmt: skip
         spec = self.config.ensembles[ensemble]
         voting = voting or spec.voting
-        if voting not in ("soft", "weighted", "hard"):
+        if voting not in VOTINGS:
             raise InputError(400, f"voting must be soft, weighted or hard, got {quoted(voting)}")
         if voting == "weighted" and spec.weights is None:
             raise InputError(400, f"ensemble '{ensemble}' has no weights in serving.yaml; use soft or hard")

@@ -21,8 +21,11 @@ from service.config import Limits
 from service.decode import decode, decode_within
 from service.errors import InputError
 
+# an image as a request carries it: a raw body, or a multipart part (held in memory, or spooled to disk when large)
+Image = bytes | UploadFile
 
-def read(image: bytes | UploadFile, index: int, max_bytes: int) -> bytes:
+
+def read(image: Image, index: int, max_bytes: int) -> bytes:
     """The image's bytes: a raw body as it is, a multipart part refused by its size before it is read into memory.
     Blocking (a part over Starlette's spooling threshold is on disk): call it off the event loop."""
     if isinstance(image, bytes):
@@ -37,7 +40,7 @@ def read(image: bytes | UploadFile, index: int, max_bytes: int) -> bytes:
 
 
 async def pixels(
-    images: t.Sequence[bytes | UploadFile],
+    images: t.Sequence[Image],
     preprocess: dict[str, Any],
     limits: Limits,
     budget: Budget,
@@ -45,7 +48,7 @@ async def pixels(
 ) -> list[np.ndarray]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
-    def first(i: int, upload: bytes | UploadFile) -> np.ndarray | tuple[bytes | None, int]:
+    def first(i: int, upload: Image) -> np.ndarray | tuple[bytes | None, int]:
         """The pixels, where this thread may decode them now (the header read once); else the cost of decoding them
         (from the header, the image's own bytes counted) and the bytes, or None where the budget is full and the
         part can be read again from its file after the wait."""
@@ -75,7 +78,7 @@ async def pixels(
         # and waiting, took a worker 1.2 GB past its budget (issue 31); a part is on Starlette's spooled file
         return (None if full and not isinstance(upload, bytes) else data), got + len(data)
 
-    async def one(i: int, upload: bytes | UploadFile) -> np.ndarray:
+    async def one(i: int, upload: Image) -> np.ndarray:
         got = await asyncio.to_thread(first, i, upload)
         if isinstance(got, np.ndarray):
             return got

@@ -18,12 +18,12 @@ import typing as t
 from dataclasses import dataclass
 
 from python_multipart.multipart import parse_options_header
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
 from service.decode import listed, quoted
 from service.errors import InputError
 from service.http.bodies import JSON_TYPES, TOO_LARGE, TOO_SLOW, is_raw_image, parse_json
+from service.pixels import Image
 
 FILE_HINT = "curl -F images=@digit.png"
 RAW_HINT = "curl --data-binary @digit.png -H 'Content-Type: image/png'"
@@ -35,7 +35,6 @@ DISCONNECTED = 499
 # for a photo as a part than as the whole body, several times what this one costs (bench/README.md, 'Host CPU per
 # request')
 WHOLE_BODY_BYTES = 4 * 2**20
-Image = bytes | UploadFile
 
 
 @dataclass(frozen=True)

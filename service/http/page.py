@@ -15,18 +15,20 @@ ASSETS = ("swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger-ui-sta
 
 
 def page(title: str) -> str:
+    styles = "\n    ".join(f'<link rel="stylesheet" type="text/css" href="./static_content/{name}" />'
+                            for name in ASSETS if name.endswith(".css"))  # fmt: skip
+    scripts = "\n    ".join(f'<script src="./static_content/{name}" charset="UTF-8"></script>'
+                             for name in ASSETS if name.endswith(".js"))  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en">
   <head>
     <meta charset="UTF-8">
     <title>{html.escape(title)}</title>
-    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
-    <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
+    {styles}
   </head>
   <body>
     <div id="swagger-ui"></div>
-    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
-    <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+    {scripts}
     <script>
       window.onload = function () {{
         window.ui = SwaggerUIBundle({{
