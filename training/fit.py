@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "ema_val_acc",
     "lr", "images_per_s", "seconds", "stage", "train_size",
 ]  # fmt: skip
+PLOT_EVERY_S = 30.0  # a long run's curves.png is at most this old
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -154,6 +156,7 @@ def fit(
         config["optim"]["clip_grad_norm"], lambda: set_train_mode(model, _head_name(model, head), linear_probe),
     )  # fmt: skip
     num_classes = len(labels)
+    plotted = time.monotonic()
     for epoch in range(start_epoch, train_cfg["epochs"] + 1):
         stage = stage_of(stages, epoch)
         loader, sampler = stage_loaders[stage.index]
@@ -194,10 +197,11 @@ def fit(
                 ckpt.with_training_state(last, optimizer, scheduler, scaler, ema, epoch, history, best), out / "last.pt"
             )
             _write_metrics(history, out / "metrics.csv")
-            # drawing a figure with matplotlib costs more than a small epoch:
-            # long runs refresh the picture about 50 times, and at the end
-            if epoch % max(1, train_cfg["epochs"] // 50) == 0 or epoch == train_cfg["epochs"]:
+            # drawing the figure costs about 0.3 s, more than a small epoch (a fifth of a 20-epoch digits run
+            # when drawn every epoch): the picture is refreshed at most every PLOT_EVERY_S, and at the end
+            if epoch == train_cfg["epochs"] or time.monotonic() - plotted >= PLOT_EVERY_S:
                 plot_curves(history, out / "curves.png", title=f"{config['model']['arch']} on {data_cfg['dataset']}")
+                plotted = time.monotonic()
             if show:
                 ema_text = f"  ema_val_acc {row['ema_val_acc']:.4f}" if ema else ""
                 log.info(
