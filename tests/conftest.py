@@ -16,8 +16,7 @@ from training.photos import write_photos
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = ROOT / "configs" / "digits_resnet18.yaml"
 PHOTOS_RECIPE = ROOT / "configs" / "photos_resnet18.yaml"
-# the photos recipe cut down for tests: from scratch (no download here), 64 px, 4 epochs: 7 s of training, 14 s
-# wall on 2 idle CPU cores; seed 0 reaches test_acc 0.95 (tests/test_photos.py asserts 0.7; chance is 1/6)
+# the photos recipe cut down for tests of fit's checks and output: from scratch (no download here), 64 px, 4 epochs
 PHOTOS_QUICK = (
     "model.pretrained=none", "preprocess.resize_size=73", "preprocess.crop_size=64",
     "data.workers=0", "train.epochs=4",

@@ -14,6 +14,9 @@ from training.config import DEFAULTS
 from training.models import build_model, find_head, model_from_checkpoint, weights_preprocess
 
 NAMED = ["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
+# the two largest (54 and 118 million parameters, a weights file of up to 470 MB) only in the whole suite
+LARGEST = ("efficientnet_v2_m", "efficientnet_v2_l")
+SIZED = [pytest.param(a, marks=pytest.mark.slow) if a in LARGEST else a for a in NAMED]
 OTHERS = ["vgg11_bn", "densenet121", "mobilenet_v3_small", "convnext_tiny", "regnet_y_400mf"]
 
 
@@ -21,7 +24,7 @@ def model_cfg(**kw) -> dict:
     return {**DEFAULTS["model"], **kw}
 
 
-@pytest.mark.parametrize("arch", NAMED)
+@pytest.mark.parametrize("arch", SIZED)
 def test_named_archs_build_with_and_without_a_local_weights_file(arch, tmp_path):
     torch.manual_seed(0)
     imagenet_shaped = get_model(arch, weights=None)

@@ -94,7 +94,14 @@ def test_the_readme_path_from_own_photos_to_a_served_bento(tmp_path):
 def _walk(before: list[str], after: list[str], serve_line: str, env: dict, tmp_path: Path, port: int) -> None:
     built = bash("\n".join(moved(c, tmp_path, port) for c in before), env)
 
-    # evaluate printed its JSON: the recipe learned the held-out photos
+    # fit said what it found and what it trains, before the first epoch, on screen and in its log
+    found = "train: 240 images, 6 of 6 classes (astronaut, cat, coffee, flower, rocket, ...), 40-40 images a class"
+    log = (tmp_path / "runs/photos/train.log").read_text()
+    assert found in built.stdout and found in log
+    assert "input: 128 px crops of images resized to 146 px (bilinear); model resnet18, device" in log
+    assert log.index(found) < log.index("epoch 1/8")
+    # evaluate printed its JSON: the recipe learned the held-out photos (chance is 1/6; seed 0 reaches 0.95 on a
+    # CPU: 0.7 leaves room for other kernels' rounding)
     evaluated = json.loads(next(line for line in built.stdout.splitlines() if line.startswith('{"acc"')))
     assert evaluated["n"] == 60 and evaluated["acc"] >= 0.7, evaluated
 

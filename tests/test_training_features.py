@@ -158,7 +158,7 @@ def test_two_process_ddp_matches_the_single_process_loss_curve(digits_root, tmp_
     "recipe", ["cifar100_efficientnet_v2_s_reference", "cifar100_efficientnet_v2_s", "cifar100_resnet50"]
 )
 def test_cifar_recipes_run_a_few_steps(recipe, digits_root, tmp_path):
-    """The recipes' model, augmentation and optimizer settings, on 16 digits at 64 px (no CIFAR offline)."""
+    """The recipes' model, augmentation and optimizer settings, on 16 digits at 32 px (no CIFAR offline)."""
     overrides = {
         "data.dataset": "digits",
         "data.root": str(digits_root),
@@ -169,8 +169,8 @@ def test_cifar_recipes_run_a_few_steps(recipe, digits_root, tmp_path):
         "train.epochs": 1,
         "train.amp": "none",
         "model.pretrained": "none",
-        "preprocess.resize_size": 64,
-        "preprocess.crop_size": 64,
+        "preprocess.resize_size": 32,
+        "preprocess.crop_size": 32,
     }
     config = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
     summary = fit(config, tmp_path / recipe, show=False)
@@ -182,6 +182,6 @@ def test_cifar_recipes_run_a_few_steps(recipe, digits_root, tmp_path):
     images, labels = zip(*(test[i] for i in range(len(test))))
     with torch.no_grad():
         predicted = model_from_checkpoint(best)(torch.stack(images)).argmax(1)
-    assert len(test) == 16 and best["preprocess"]["crop_size"] == 64
+    assert len(test) == 16 and best["preprocess"]["crop_size"] == 32
     assert summary["test_acc"] == pytest.approx((predicted == torch.tensor(labels)).float().mean().item(), abs=1e-9)
     assert torch.isfinite(torch.tensor(_losses(tmp_path / recipe))).all()
