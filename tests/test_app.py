@@ -360,8 +360,9 @@ def test_the_page_loads_nothing_from_outside(app):
 
 @pytest.mark.parametrize("protect", [(False, False), (True, False), (False, True), (True, True)])
 def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
-    """The keys middleware as the service adds it (outside the app, so BentoML's own routes too: /metrics here
-    stands for BentoML's), closed by default, /metrics and the docs open unless protected."""
+    """The keys middleware as the service adds it (outside the app, so BentoML's own routes too: /metrics,
+    /schema.json and a page asset here stand for BentoML's), closed by default, /metrics and the docs open unless
+    protected."""
     protect_metrics, protect_docs = protect
     keys_file = tmp_path / "keys"
     keys_file.write_text("right-key\n")
@@ -372,6 +373,8 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
         Route("/metrics", lambda r: PlainTextResponse("model_requests 1\n")),
         Route("/readyz", lambda r: PlainTextResponse("\n")),
         Route("/livez", lambda r: PlainTextResponse("\n")),
+        Route("/schema.json", lambda r: PlainTextResponse("{}")),
+        Route(f"/static_content/{ASSETS[0]}", lambda r: PlainTextResponse("")),
         Mount("/", inner),
     ])  # fmt: skip
     app = KeysMiddleware(bentoml_like, auth=auth, keys=Keys(keys_file))
@@ -379,10 +382,11 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
     with TestClient(app) as client:
         inner.state.engine = Engine(config, graphs)
         closed = {"/classify": "post", "/ensemble": "post", "/models": "get", "/no-such-route": "get"}
+        docs = ["/", "/docs.json", "/schema.json", f"/static_content/{ASSETS[0]}"]
         if protect_metrics:
             closed["/metrics"] = "get"
         if protect_docs:
-            closed.update({"/": "get", "/docs.json": "get"})
+            closed.update(dict.fromkeys(docs, "get"))
         for route, method in closed.items():
             for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
                 refused = client.request(method, route, headers=headers, content=png)
@@ -393,7 +397,7 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
             for headers in ({"X-API-Key": "right-key"}, {"Authorization": "Bearer right-key"}):
                 kwargs = {"content": png, "headers": {**headers, "content-type": "image/png"}}
                 assert client.request(method, route, **kwargs).status_code in (200, 404), route
-        for route in {"/metrics", "/", "/docs.json", "/readyz", "/livez"} - set(closed):
+        for route in {"/metrics", "/readyz", "/livez", *docs} - set(closed):
             assert client.get(route).status_code == 200, route
 
 
