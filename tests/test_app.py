@@ -2,7 +2,8 @@
 keys on every route, the decoding budget given back, the OpenAPI document and the page. Torch-free and fast.
 
 Two tiny graphs (tests/tiny_onnx.py: softmax(mean colour @ W + b), W and b drawn from a seed) are the models, so
-the expected probabilities of a one-colour image are worked out here with numpy, not with the service's code.
+the expected probabilities of a one-colour image are worked out with numpy (`tiny_probabilities`), not with the
+service's code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from service.http import app as http_app
 from service.http.keys import Keys, KeysMiddleware
 from service.http.page import ASSETS
 from service.runtime import Graph
-from tests.tiny_onnx import tiny_graph
+from tests.tiny_onnx import tiny_graph, tiny_probabilities
 
 with warnings.catch_warnings():  # Starlette's test client says it will move off httpx one day
     warnings.simplefilter("ignore")
@@ -51,15 +52,6 @@ LOADS = re.compile(
     r"""\bsrc\s*=\s*["']?([^"'\s>]+)|<link\b[^>]*\bhref\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')]+)""", re.I
 )
 ANSWERS: list[tuple[str, str, httpx.Response]] = []  # (method, route, response) of the module, for the schema test
-
-
-def tiny_probabilities(seed: int, colour: tuple[int, int, int], classes: int = 10) -> np.ndarray:
-    """What a tiny graph answers for an image of one colour: softmax(colour @ W + b), from its own seed."""
-    rng = np.random.default_rng(seed)
-    weight, bias = rng.normal(0, 0.05, (3, classes)), rng.normal(0, 1, classes)
-    logits = np.asarray(colour, np.float64) @ weight + bias
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
 
 
 def encoded(colour: tuple[int, int, int], kind: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
