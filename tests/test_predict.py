@@ -25,6 +25,7 @@ from service.files import decode_file, list_images
 from service.models import Model
 from service.predict import predict, read_rows
 from service.runtime import Graph
+from tests.oracles import eval_crop
 from tests.tiny_onnx import tiny_graph, tiny_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,23 +64,15 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
-def eval_crop(path: Path, size: int = 32) -> np.ndarray:
-    """The pixels training's eval transform makes of a file for the tiny graphs (resize and crop 32, bilinear), with
-    Pillow alone and the geometry worked out here: the file as RGB (alpha dropped, grey repeated), the shorter side to
-    `size` and the longer truncated (torchvision's Resize), the centre `size` px, offsets rounded half to even (its
-    CenterCrop). None of these files is large enough for JPEG's draft mode."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    width, height = rgb.size
-    new = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
-    left, top = round((new[0] - size) / 2), round((new[1] - size) / 2)
-    return np.asarray(rgb.resize(new, Image.Resampling.BILINEAR).crop((left, top, left + size, top + size)))
-
-
 def expected_probabilities(seed: int, paths: list[Path]) -> np.ndarray:
-    """What tiny_graph(seed=seed) computes for each file: its mean colour after the eval crop, through the graph's
-    formula in numpy (tests/tiny_onnx.py), neither the service's decoding nor ONNX Runtime."""
-    return tiny_probabilities(seed, np.stack([eval_crop(p).reshape(-1, 3).mean(0) for p in paths]))
+    """What tiny_graph(seed=seed) computes for each file: the mean colour of its eval crop (Pillow's RGB: alpha
+    dropped, grey repeated; tests/oracles.py), through the graph's formula in numpy (tests/tiny_onnx.py), neither the
+    service's decoding nor ONNX Runtime. None of these files is large enough for JPEG's draft mode."""
+    colours = []
+    for path in paths:
+        with Image.open(path) as image:
+            colours.append(eval_crop(image.convert("RGB"), 32, 32).reshape(-1, 3).mean(0))
+    return tiny_probabilities(seed, np.stack(colours))
 
 
 def table(rows: list[dict]) -> np.ndarray:
