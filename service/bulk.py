@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -44,6 +45,10 @@ from service.rows import Summary, batches, check_settings, rows
 PART_GLOB = "part-*.parquet"
 DECODE_CHUNK = 64  # files per decoding task where GPUs classify: many tasks keep every core decoding
 ROWS_PER_FILE = 1024  # rows a Parquet part holds at most: what a killed job redoes per actor call
+# how long to wait for a cluster's address to answer before saying that nothing does: Ray itself tries an address
+# where nothing listens 20 times, about 40 s each, before it gives up (ray/_private/node.py, `_init_gcs_client`;
+# ray 2.60): a mistyped address held the command for over ten minutes
+JOIN_PROBE_S = 10.0
 
 
 def schema(probabilities: bool) -> Any:
@@ -69,6 +74,13 @@ def done_paths(out: Path) -> set[str]:
     for part in sorted(out.glob(PART_GLOB)):
         done.update(pq.read_table(part, columns=["path"]).column("path").to_pylist())
     return done
+
+
+def still_to_do(paths: Iterable[str | Path], out: Path) -> list[str]:
+    """The absolute paths (every node reads them, whatever its working directory) that no Parquet part in `out`
+    holds yet, in order: what a rerun classifies."""
+    done = done_paths(out)
+    return [p for p in map(os.path.abspath, paths) if p not in done]
 
 
 def read_parts(out: str | Path) -> list[dict[str, Any]]:
@@ -212,6 +224,19 @@ def ray_address(address: str | None) -> str | None:
     return address
 
 
+def unreachable(address: str) -> str | None:
+    """Why nothing can be joined at a HOST:PORT address (or ray://HOST:PORT), or None: something listens there, or
+    the address is of another form (Ray resolves it)."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_S).close()
+    except OSError as e:
+        return f"nothing answers at {host}:{port} ({e.strerror or e})"
+    return None
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at `address` (ray_address's); without one, start Ray on this machine, on 127.0.0.1 and
     without its dashboard (nothing listens beyond this machine)."""
@@ -223,9 +248,14 @@ def start_ray(address: str | None) -> None:
         # "local": a new instance, never the cluster a `ray start` or an earlier test left recorded in /tmp/ray
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     else:
+        why = unreachable(address)
+        if why is not None:
+            raise UserError(f"cannot join the Ray cluster at {address}: {why}")
+        # a missing token is refused before any connection (ray.exceptions.AuthenticationError, Ray 2.59 and later)
+        refused = (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError))
         try:
             ray.init(address=address, log_to_driver=False)
-        except ConnectionError as e:
+        except refused as e:
             # Ray 2.59-2.60: `ray start` turns token authentication on, a joining driver only with RAY_AUTH_MODE
             hint = "; a cluster that `ray start` began (Ray 2.59 or later) asks for its token: set RAY_AUTH_MODE=token"
             hint = "" if os.environ.get("RAY_AUTH_MODE") else hint
@@ -285,9 +315,7 @@ def predict_on_ray(
     limits = limits or Limits()
     local = Model.load(model, voting, weights, "cpu")  # refuses a bad model here, before Ray starts
     out.mkdir(parents=True, exist_ok=True)
-    done = done_paths(out)
-    todo = [os.path.abspath(p) for p in paths]  # every node reads them, whatever its working directory
-    todo = [p for p in todo if p not in done]
+    todo = still_to_do(paths, out)
     ray_start = time.perf_counter()
     start_ray(address)
     startup = time.perf_counter() - ray_start

@@ -2,7 +2,8 @@
 keys on every route, the decoding budget given back, the OpenAPI document and the page. Torch-free and fast.
 
 Two tiny graphs (tests/tiny_onnx.py: softmax(mean colour @ W + b), W and b drawn from a seed) are the models, so
-the expected probabilities of a one-colour image are worked out here with numpy, not with the service's code.
+the expected probabilities of a one-colour image are worked out with numpy (`tiny_probabilities`), not with the
+service's code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from service.http import app as http_app
 from service.http.keys import Keys, KeysMiddleware
 from service.http.page import ASSETS
 from service.runtime import Graph
-from tests.tiny_onnx import tiny_graph
+from tests.tiny_onnx import tiny_graph, tiny_probabilities
 
 with warnings.catch_warnings():  # Starlette's test client says it will move off httpx one day
     warnings.simplefilter("ignore")
@@ -51,15 +52,6 @@ LOADS = re.compile(
     r"""\bsrc\s*=\s*["']?([^"'\s>]+)|<link\b[^>]*\bhref\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')]+)""", re.I
 )
 ANSWERS: list[tuple[str, str, httpx.Response]] = []  # (method, route, response) of the module, for the schema test
-
-
-def tiny_probabilities(seed: int, colour: tuple[int, int, int], classes: int = 10) -> np.ndarray:
-    """What a tiny graph answers for an image of one colour: softmax(colour @ W + b), from its own seed."""
-    rng = np.random.default_rng(seed)
-    weight, bias = rng.normal(0, 0.05, (3, classes)), rng.normal(0, 1, classes)
-    logits = np.asarray(colour, np.float64) @ weight + bias
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
 
 
 def encoded(colour: tuple[int, int, int], kind: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
@@ -360,8 +352,9 @@ def test_the_page_loads_nothing_from_outside(app):
 
 @pytest.mark.parametrize("protect", [(False, False), (True, False), (False, True), (True, True)])
 def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
-    """The keys middleware as the service adds it (outside the app, so BentoML's own routes too: /metrics here
-    stands for BentoML's), closed by default, /metrics and the docs open unless protected."""
+    """The keys middleware as the service adds it (outside the app, so BentoML's own routes too: /metrics,
+    /schema.json and a page asset here stand for BentoML's), closed by default, /metrics and the docs open unless
+    protected."""
     protect_metrics, protect_docs = protect
     keys_file = tmp_path / "keys"
     keys_file.write_text("right-key\n")
@@ -372,6 +365,8 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
         Route("/metrics", lambda r: PlainTextResponse("model_requests 1\n")),
         Route("/readyz", lambda r: PlainTextResponse("\n")),
         Route("/livez", lambda r: PlainTextResponse("\n")),
+        Route("/schema.json", lambda r: PlainTextResponse("{}")),
+        Route(f"/static_content/{ASSETS[0]}", lambda r: PlainTextResponse("")),
         Mount("/", inner),
     ])  # fmt: skip
     app = KeysMiddleware(bentoml_like, auth=auth, keys=Keys(keys_file))
@@ -379,10 +374,11 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
     with TestClient(app) as client:
         inner.state.engine = Engine(config, graphs)
         closed = {"/classify": "post", "/ensemble": "post", "/models": "get", "/no-such-route": "get"}
+        docs = ["/", "/docs.json", "/schema.json", f"/static_content/{ASSETS[0]}"]
         if protect_metrics:
             closed["/metrics"] = "get"
         if protect_docs:
-            closed.update({"/": "get", "/docs.json": "get"})
+            closed.update(dict.fromkeys(docs, "get"))
         for route, method in closed.items():
             for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
                 refused = client.request(method, route, headers=headers, content=png)
@@ -393,7 +389,7 @@ def test_keys_guard_every_route_but_health(config, graphs, tmp_path, protect):
             for headers in ({"X-API-Key": "right-key"}, {"Authorization": "Bearer right-key"}):
                 kwargs = {"content": png, "headers": {**headers, "content-type": "image/png"}}
                 assert client.request(method, route, **kwargs).status_code in (200, 404), route
-        for route in {"/metrics", "/", "/docs.json", "/readyz", "/livez"} - set(closed):
+        for route in {"/metrics", "/readyz", "/livez", *docs} - set(closed):
             assert client.get(route).status_code == 200, route
 
 

@@ -270,6 +270,31 @@ def test_keys_are_read_from_lines_and_reread_on_change(tmp_path):
         read_keys(path)
 
 
+def test_keys_are_compared_in_constant_time_against_every_key(tmp_path, monkeypatch):
+    """Every presented key is compared with every key of the file, as SHA-256 digests, through hmac.compare_digest:
+    neither an early exit nor the length of a guess shows in the time taken (docs/serving.md, 'API keys')."""
+    import hmac
+    from types import SimpleNamespace
+
+    from service.http import keys as keys_module
+
+    compared: list[tuple[int, int]] = []
+
+    def compare_digest(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(keys_module, "hmac", SimpleNamespace(compare_digest=compare_digest))
+    path = tmp_path / "keys"
+    path.write_text("k\n" + "m" * 20 + "\n" + "l" * 300 + "\n")
+    keys = Keys(path)
+    for presented_keys, accepted in [([b"x"], False), ([b"k"], True), ([b"x" * 1000, b"m" * 20], True)]:
+        compared.clear()
+        assert keys.accepts(presented_keys) is accepted
+        # one comparison a presented key and a key of the file, the first key's match included, of 32 bytes each
+        assert compared == [(32, 32)] * 3 * len(presented_keys), presented_keys
+
+
 def test_the_auth_section_is_checked():
     base = {"models": ["tiny"]}
     assert serving_config.parse(base).auth is None

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from core.images import to_rgb
-from core.preprocess import BOX_OVER_CROPS, RESAMPLE, boxed, center_crop_box, prepare, resized_size
+from core.preprocess import BOX_OVER_CROPS, boxed
 from service.budget import Budget
 from service.config import Limits
 from service.decode import decode, decode_within
 from service.errors import InputError
+from tests.oracles import eval_crop
 
 DIGITS = {"resize_size": 32, "crop_size": 32, "interpolation": "bilinear"}
 
@@ -28,10 +29,9 @@ def _file(array: np.ndarray, format: str = "PNG", **options) -> bytes:
 
 
 def _whole(image: Image.Image, preprocess: dict) -> np.ndarray:
-    """Training's geometry done the plain way: the whole image resized, then the centre cropped."""
-    size = resized_size(*image.size, preprocess["resize_size"])
-    resized = image.resize(size, RESAMPLE[preprocess["interpolation"]])
-    return np.asarray(resized.crop(center_crop_box(*size, preprocess["crop_size"])))
+    """Training's geometry done the plain way, with Pillow and no product code: the whole image resized, then the
+    centre cropped (tests/oracles.py)."""
+    return eval_crop(image, preprocess["resize_size"], preprocess["crop_size"], preprocess["interpolation"])
 
 
 def decoding_cost(data: bytes) -> int:
@@ -66,13 +66,15 @@ def test_large_jpegs_decode_in_draft_mode_small_ones_exactly():
     smooth = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     large = np.asarray(Image.fromarray(smooth).resize((2400, 1800), Image.Resampling.BICUBIC))
     data = _file(large, "JPEG", quality=90)
-    full = prepare(to_rgb(Image.open(io.BytesIO(data))), DIGITS)
+    full = _whole(Image.open(io.BytesIO(data)).convert("RGB"), DIGITS)
     drafted = decode(data, 0, Limits(), DIGITS)
     assert np.abs(drafted.astype(int) - full).max() <= 2
     # the cost is that of the 1/8-scale decode (300 x 225), not of 2400 x 1800
     assert decoding_cost(data) < 2400 * 1800
     small = _file(large[:200, :250], "JPEG", quality=90)  # shorter side 200 < 2 x 4 x 32: no draft
-    assert np.array_equal(decode(small, 0, Limits(), DIGITS), prepare(to_rgb(Image.open(io.BytesIO(small))), DIGITS))
+    assert np.array_equal(
+        decode(small, 0, Limits(), DIGITS), _whole(Image.open(io.BytesIO(small)).convert("RGB"), DIGITS)
+    )
 
 
 def test_the_budget_refuses_what_never_fits_and_makes_the_rest_wait():

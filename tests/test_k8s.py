@@ -31,10 +31,11 @@ KUSTOMIZATIONS = [K8S / "kustomization.yaml", K8S / "base" / "kustomization.yaml
 RESOURCES = sorted((K8S / "base").glob("*.yaml"))
 RESOURCES.remove(K8S / "base" / "kustomization.yaml")
 GPU_PATCH = K8S / "gpu" / "deployment.yaml"
-# deployment.yaml's memory: idle (all server processes with one worker and the digits model, about 0.4 GB in
-# bench/README.md's soak) rounded up, plus 1 GiB a worker: its decoding budget (serving.yaml limits.decode_budget_bytes)
-# and the headroom for what a request holds besides decoded pixels (bench/attacks.py peaked 727 MB above idle)
-IDLE_MIB, WORKER_BUDGET_MIB = 512, 1024
+# what a pod's memory must hold, measured (bench/README.md; its "MB" are MiB, bench/serve_load.py's RSS / 2**20):
+# every server process with one worker and the digits model, the soak's resident memory after its faulty run; a
+# worker process at idle, and its highest peak above idle under the attacks (decoding within its budget)
+MEASURED = {"idle_mib": ("resident memory 392.4 -> 406.3 MB", 406.3), "worker_idle_mib": ("idle RSS 256 MB", 256),
+            "attack_peak_mib": ("| 200 | 727.0 |", 727.0)}  # fmt: skip
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -151,13 +152,25 @@ def mebibytes(quantity: str) -> float:
     return float(quantity[:-2]) * units[quantity[-2:]]
 
 
-def test_memory_is_idle_plus_a_budget_per_worker():
+def test_the_memory_limit_holds_idle_and_every_workers_decoding_budget():
+    """The pod's limit against what the image's own config lets its workers hold, from the figures measured in
+    bench/README.md, not from the manifest's own arithmetic: idle, each more worker's idle, and per worker the larger
+    of its measured peak and its decoding budget plus the parts a request keeps in memory before they spool to disk."""
+    from starlette.formparsers import MultiPartParser
+
+    from service.http.forms import WHOLE_BODY_BYTES
+
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert all(text in bench for text, _ in MEASURED.values()), "the figures below are the ones bench/README.md holds"
+    idle, worker_idle, attack_peak = (value for _, value in MEASURED.values())
     config = load(K8S / "serving.yaml")
-    assert config.limits.decode_budget_bytes <= WORKER_BUDGET_MIB * 2**20 * 0.8  # a fifth left for the rest
-    expected = IDLE_MIB + config.workers * WORKER_BUDGET_MIB
+    limits = config.limits
+    parts = max(WHOLE_BODY_BYTES, limits.max_images_per_request * MultiPartParser.spool_max_size) / 2**20
+    per_worker = max(attack_peak, limits.decode_budget_bytes / 2**20 + parts)
+    need = idle + (config.workers - 1) * worker_idle + config.workers * per_worker
     for deployment in (DEPLOYMENT, merged(DEPLOYMENT, documents(GPU_PATCH)[0])):
         resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
-        assert mebibytes(resources["limits"]["memory"]) == expected
+        assert mebibytes(resources["limits"]["memory"]) >= need, (resources["limits"]["memory"], f"{need:.0f}Mi")
         assert resources["requests"] == resources["limits"]  # requests = limits: never the first pod evicted
     gpu = merged(DEPLOYMENT, documents(GPU_PATCH)[0])["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == "1" and "nvidia.com/gpu" not in CONTAINER["resources"]["limits"]

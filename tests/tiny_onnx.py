@@ -9,6 +9,7 @@ uint8 `images` [N, S, S, 3] -> `probabilities` [N, C], here softmax(mean colour 
 from __future__ import annotations
 
 import json
+import typing as t
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,16 @@ def _node(op: str, inputs: list[str], outputs: list[str], **attributes: int | li
             attribute = _bytes(1, name) + _int(3, value) + _int(20, ATTR_INT)
         out += _bytes(5, attribute)
     return out
+
+
+def tiny_probabilities(seed: int, colours: t.Any, classes: int = 10) -> np.ndarray:
+    """What `tiny_graph(seed=seed)` answers, worked out in numpy from the same draws, not by running the graph:
+    softmax(mean colour @ W + b) for each mean colour of `colours` ([..., 3])."""
+    rng = np.random.default_rng(seed)
+    weight, bias = rng.normal(0, 0.05, (3, classes)), rng.normal(0, 1, classes)
+    logits = np.asarray(colours, np.float64) @ weight + bias
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def tiny_graph(
