@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,18 @@ PHOTOS_QUICK = (
     "model.pretrained=none", "preprocess.resize_size=73", "preprocess.crop_size=64",
     "data.workers=0", "train.epochs=4",
 )  # fmt: skip
+
+
+def run_export(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m export ARGS` in a real subprocess."""
+    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)  # fmt: skip
+
+
+def export_figures(result: subprocess.CompletedProcess) -> dict:
+    """The verification figures export printed (`verify: {...}`)."""
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("verify: "))
+    return json.loads(line.removeprefix("verify: "))
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -62,6 +75,30 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) 
     result = run_cli("fit", "--config", DIGITS_RECIPE, "--out", out, "--set", f"data.root={digits_root}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(trained_digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """trained_digits exported once through the CLI, verified against PyTorch on the 180 validation images; the
+    server tests store this file rather than export again."""
+    out = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    result = run_export(trained_digits / "best.pt", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    f = export_figures(result)
+    assert f["passed"] and f["max_abs_diff"] <= 1e-4 and f["top1_agreement"] == 1.0 and f["n"] == 180
+    return out
+
+
+@pytest.fixture(scope="session")
+def second_onnx(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, weaker digits ResNet-18 (seed 7, 256 images, 2 epochs), exported: an ensemble's other member."""
+    from training.fit import fit
+
+    out = tmp_path_factory.mktemp("second")
+    fit(quick_config(digits_root, **{"seed": 7, "data.limit": 256, "train.epochs": 2}), out, show=False)
+    result = run_export(out / "best.pt", "--out", out / "second.onnx", "--verify-images", 32)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "second.onnx"
 
 
 def split_probabilities(checkpoint_path: Path, mirrored: bool = False) -> tuple:

@@ -20,7 +20,7 @@ from core.images import open_rgb
 from core.preprocess import prepare
 from export import verify
 from export.__main__ import main as export_main
-from tests.conftest import ROOT, quick_config
+from tests.conftest import export_figures, quick_config, run_export
 from training import checkpoint as ckpt
 from training.fit import fit
 from training.models import model_from_checkpoint
@@ -33,16 +33,6 @@ SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jpg", "hubble_deep_field.jpg",
           "camera.png", "logo.png", "horse.png", "page.png", "motorcycle_left.png", "no_time_for_that_tiny.gif",
           "multipage.tif"]  # fmt: skip
-
-
-def run_export(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
-
-
-def figures(result: subprocess.CompletedProcess) -> dict:
-    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("verify: "))
-    return json.loads(line.removeprefix("verify: "))
 
 
 def session(path) -> ort.InferenceSession:
@@ -75,18 +65,8 @@ def effnet_export(effnet_checkpoint) -> tuple[Path, subprocess.CompletedProcess]
     return out, run_export(effnet_checkpoint, "--out", out, "--verify-images", 64)
 
 
-@pytest.fixture(scope="module")
-def resnet_onnx(trained_digits, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "digits.onnx"
-    result = run_export(trained_digits / "best.pt", "--out", out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    f = figures(result)
-    assert f["passed"] and f["max_abs_diff"] <= 1e-4 and f["top1_agreement"] == 1.0 and f["n"] == 180
-    return out
-
-
-def test_resnet_graph_contract_and_metadata(resnet_onnx, trained_digits):
-    sess = session(resnet_onnx)
+def test_resnet_graph_contract_and_metadata(digits_onnx, trained_digits):
+    sess = session(digits_onnx)
     (inp,), outs = sess.get_inputs(), sess.get_outputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)", [32, 32, 3])
     assert isinstance(inp.shape[0], str)  # dynamic batch
@@ -100,11 +80,11 @@ def test_resnet_graph_contract_and_metadata(resnet_onnx, trained_digits):
     assert meta["format_version"] == "1" and len(meta["source_sha256"]) == 64
 
     assert meta["source_sha256"] == metadata.sha256_of(trained_digits / "best.pt")
-    onnx.checker.check_model(str(resnet_onnx), full_check=True)
+    onnx.checker.check_model(str(digits_onnx), full_check=True)
 
 
-def test_dynamic_batch_gives_the_same_answer_per_image(resnet_onnx):
-    sess = session(resnet_onnx)
+def test_dynamic_batch_gives_the_same_answer_per_image(digits_onnx):
+    sess = session(digits_onnx)
     pixels = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     full = sess.run(["probabilities"], {"images": pixels})[0]
     assert full.shape == (64, 10) and np.allclose(full.sum(1), 1, atol=1e-5)
@@ -115,11 +95,11 @@ def test_dynamic_batch_gives_the_same_answer_per_image(resnet_onnx):
 
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_service_preprocessing_equals_training_eval_on_real_photos(
-    photo, trained_digits, effnet_checkpoint, resnet_onnx, effnet_export
+    photo, trained_digits, effnet_checkpoint, digits_onnx, effnet_export
 ):
     """(a) training's eval transform + PyTorch and (b) core.preprocess + the ONNX graph agree to 1e-4."""
     image = open_rgb(SKIMAGE_DATA / photo)
-    for checkpoint_path, graph in ((trained_digits / "best.pt", resnet_onnx), (effnet_checkpoint, effnet_export[0])):
+    for checkpoint_path, graph in ((trained_digits / "best.pt", digits_onnx), (effnet_checkpoint, effnet_export[0])):
         best = ckpt.load(checkpoint_path)
         pixels = prepare(image, best["preprocess"])
         assert np.array_equal(pixels, np.asarray(eval_geometry(best["preprocess"])(image)))
@@ -133,7 +113,7 @@ def test_efficientnet_export_verifies_with_ema_weights(effnet_export):
     out, result = effnet_export
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(ema weights)" in result.stdout  # the run selected its EMA weights
-    f = figures(result)
+    f = export_figures(result)
     assert f["passed"] and f["max_abs_diff"] <= 1e-4 and f["n"] == 64
     meta = metadata.decode(session(out).get_modelmeta().custom_metadata_map)
     geometry = (meta["crop_size"], meta["resize_size"], meta["interpolation"], meta["weights"])
@@ -144,7 +124,7 @@ def test_fp16_export_keeps_uint8_in_and_float32_out(trained_digits, tmp_path):
     out = tmp_path / "digits_fp16.onnx"
     result = run_export(trained_digits / "best.pt", "--out", out, "--fp16")
     assert result.returncode == 0, result.stderr[-3000:]
-    f = figures(result)
+    f = export_figures(result)
     assert f["precision"] == "fp16" and f["top1_agreement"] >= 0.995 and f["max_abs_diff"] < 0.05
     sess = session(out)
     assert sess.get_inputs()[0].type == "tensor(uint8)" and sess.get_outputs()[0].type == "tensor(float)"
@@ -153,25 +133,16 @@ def test_fp16_export_keeps_uint8_in_and_float32_out(trained_digits, tmp_path):
     assert out.stat().st_size < 0.6 * (trained_digits / "best.pt").stat().st_size  # about half the fp32 weights
 
 
-@pytest.fixture(scope="module")
-def second_onnx(digits_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("second")
-    fit(quick_config(digits_root, **{"seed": 7, "data.limit": 256, "train.epochs": 2}), out, show=False)
-    result = run_export(out / "best.pt", "--out", out / "second.onnx", "--verify-images", 32)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out / "second.onnx"
-
-
-def test_ensemble_graph_equals_averaging_the_members(resnet_onnx, second_onnx, tmp_path):
+def test_ensemble_graph_equals_averaging_the_members(digits_onnx, second_onnx, tmp_path):
     out = tmp_path / "ens.onnx"
-    result = run_export("ensemble", resnet_onnx, second_onnx, "--out", out, "--weights", 3, 1)
+    result = run_export("ensemble", digits_onnx, second_onnx, "--out", out, "--weights", 3, 1)
     assert result.returncode == 0, result.stderr[-3000:]
     sess = session(out)
     assert [i.name for i in sess.get_inputs()] == ["images"]
     assert [o.name for o in sess.get_outputs()] == ["probabilities", "member_probabilities"]
     pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     probs, members = sess.run(None, {"images": pixels})
-    a = session(resnet_onnx).run(None, {"images": pixels})[0]
+    a = session(digits_onnx).run(None, {"images": pixels})[0]
     b = session(second_onnx).run(None, {"images": pixels})[0]
     assert members.shape == (2, 5, 10)
     assert np.abs(members[0] - a).max() < 1e-6 and np.abs(members[1] - b).max() < 1e-6
@@ -180,28 +151,28 @@ def test_ensemble_graph_equals_averaging_the_members(resnet_onnx, second_onnx, t
     assert meta["arch"] == "ensemble" and meta["weights"] == [0.75, 0.25] and len(meta["members"]) == 2
 
 
-def test_ensemble_refuses_members_that_differ(resnet_onnx, effnet_export, tmp_path):
-    relabelled = onnx.load(str(resnet_onnx))
+def test_ensemble_refuses_members_that_differ(digits_onnx, effnet_export, tmp_path):
+    relabelled = onnx.load(str(digits_onnx))
     for prop in relabelled.metadata_props:
         if prop.key == "labels":
             prop.value = json.dumps(["zero", *map(str, range(1, 10))])
     onnx.save_model(relabelled, str(tmp_path / "relabelled.onnx"))
-    result = run_export("ensemble", resnet_onnx, tmp_path / "relabelled.onnx", "--out", tmp_path / "e.onnx")
+    result = run_export("ensemble", digits_onnx, tmp_path / "relabelled.onnx", "--out", tmp_path / "e.onnx")
     assert result.returncode == 2
     assert "must share labels" in result.stderr and "class 0 is '0'" in result.stderr and "'zero'" in result.stderr
 
-    result = run_export("ensemble", resnet_onnx, effnet_export[0], "--out", tmp_path / "e.onnx")
+    result = run_export("ensemble", digits_onnx, effnet_export[0], "--out", tmp_path / "e.onnx")
     assert result.returncode == 2 and "take different inputs (resize_size 32 in" in result.stderr
     assert not (tmp_path / "e.onnx").exists()
 
 
-def test_store_import(trained_digits, resnet_onnx, second_onnx, tmp_path):
+def test_store_import(trained_digits, digits_onnx, second_onnx, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     result = run_export(trained_digits / "best.pt", "--out", tmp_path / "d.onnx", "--store", "digits-resnet18", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     tag = next(ln for ln in result.stdout.splitlines() if ln.startswith("stored: ")).removeprefix("stored: ")
     assert tag.startswith("digits-resnet18:")
-    result = run_export("ensemble", resnet_onnx, second_onnx, "--out", tmp_path / "e.onnx", "--store", "digits-ens",
+    result = run_export("ensemble", digits_onnx, second_onnx, "--out", tmp_path / "e.onnx", "--store", "digits-ens",
                         env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -248,7 +219,7 @@ def test_a_graph_that_fails_verification_is_removed_and_export_exits_1(second_on
     args = [second_onnx.parent / "best.pt", "--out", out, "--verify-images", 16, "--store", "never-stored"]
     assert export_main([str(a) for a in args]) == 1
     printed = capsys.readouterr()
-    f = figures(subprocess.CompletedProcess([], 1, printed.out, printed.err))
+    f = export_figures(subprocess.CompletedProcess([], 1, printed.out, printed.err))
     assert not f["passed"] and f["n"] == 16 and f["max_abs_diff"] <= 1e-4  # the graph itself was fine
     assert "error: ONNX Runtime disagrees with PyTorch (max abs diff <= -1.0 and identical top-1 not met" in printed.err
     assert f"removed {out}" in printed.err and "stored:" not in printed.out

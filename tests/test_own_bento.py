@@ -6,7 +6,6 @@ with one line and exit status 2. The unit tests at the top need no server or mod
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from export.__main__ import default_out
 from service import packed, port, stored
 from service.config import parse
 from tests.conftest import ROOT
+from tests.stores import model_home, store_graphs
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 META = {"labels": [str(i) for i in range(10)], "crop_size": 32, "resize_size": 32, "interpolation": "bilinear"}
@@ -107,25 +107,15 @@ def test_make_passes_serving_config_to_bento_and_container():
 
 
 @pytest.fixture(scope="module")
-def own_store(trained_digits, tmp_path_factory) -> dict:
+def own_store(digits_onnx, tmp_path_factory) -> dict:
     """A temporary BentoML home: the trained digits model under two names, and two entries of the same graph
     whose metadata says another input size, or the labels in another order."""
     home = tmp_path_factory.mktemp("bentoml-own")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    env.pop("SERVING_CONFIG", None)
-    for name in ("digits-resnet18", "digits-other"):
-        result = subprocess.run([sys.executable, "-m", "export", str(trained_digits / "best.pt"), "--out",
-                                 str(home / f"{name}.onnx"), "--store", name, "--verify-images", "16"], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-    code = (
-        "import bentoml; from export.store import store_model; m = bentoml.models.get('digits-other'); "
-        "meta = dict(m.info.metadata); "
-        "store_model(m.path_of('model.onnx'), 'digits-crop28', {**meta, 'crop_size': 28}); "
-        "store_model(m.path_of('model.onnx'), 'digits-reversed', {**meta, 'labels': meta['labels'][::-1]})"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = model_home(home)
+    labels = [str(i) for i in range(10)]
+    store_graphs(env, ("digits-resnet18", digits_onnx), ("digits-other", digits_onnx),
+                 ("digits-crop28", digits_onnx, {"crop_size": 28}),
+                 ("digits-reversed", digits_onnx, {"labels": labels[::-1]}))  # fmt: skip
     # what a checkout's serving.yaml would say: the Bentos below must ignore it
     (home / "repo.yaml").write_text("device: cpu\nmodels: [digits-resnet18]\n")
     return env

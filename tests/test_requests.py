@@ -3,7 +3,7 @@ before the body, a client that leaves mid-body logged as 499), slow headers clos
 the request timeout answered 503 and 504 as /docs.json says. Every refusal of the routes themselves is checked
 in-process, without a server: tests/test_app.py.
 
-One small digits model (a one-epoch fit: answers, not accuracy, are under test) in a temporary model store.
+The digits ResNet-18 (answers, not accuracy, are under test) in a temporary model store.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +22,8 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, quick_config
+from tests.stores import model_home, store_graphs
 from tests.test_service import serving
-from training.fit import fit
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +40,10 @@ connections: {header_timeout_s: 2, body_timeout_s: 3, drain_s: 20}
 
 
 @pytest.fixture(scope="module")
-def store(digits_root, tmp_path_factory) -> dict:
+def store(digits_onnx, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    fit(quick_config(digits_root), home / "run", show=False)
-    result = subprocess.run([sys.executable, "-m", "export", str(home / "run" / "best.pt"), "--out",
-                             str(home / "small.onnx"), "--store", "digits-small", "--verify-images", "16"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = model_home(home)
+    store_graphs(env, ("digits-small", digits_onnx))
     (home / "serving.yaml").write_text(SERVING)
     return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
 

@@ -27,9 +27,9 @@ from PIL import Image
 
 from core.images import open_rgb
 from service.predict import read_rows
-from tests.conftest import ROOT, quick_config, run_cli
+from tests.conftest import ROOT, run_cli
+from tests.stores import model_home, store_graphs
 from training import checkpoint as ckpt
-from training.fit import fit
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
 
@@ -96,17 +96,11 @@ def running(command: list[str], env: dict, log_path: Path, url: str, cwd: Path =
 
 
 @pytest.fixture(scope="module")
-def store(trained_digits, digits_root, tmp_path_factory) -> dict:
+def store(digits_onnx, second_onnx, tmp_path_factory) -> dict:
     """A temporary BentoML home holding the digits ResNet-18 and a second, weaker digits model."""
     home = tmp_path_factory.mktemp("bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    second = home / "second"
-    fit(quick_config(digits_root, **{"seed": 7, "data.limit": 256, "train.epochs": 2}), second, show=False)
-    for checkpoint, name in ((trained_digits / "best.pt", "digits-resnet18"), (second / "best.pt", "digits-b")):
-        result = subprocess.run([sys.executable, "-m", "export", str(checkpoint), "--out", str(home / f"{name}.onnx"),
-                                 "--store", name, "--verify-images", "32"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=600)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    env = model_home(home)
+    store_graphs(env, ("digits-resnet18", digits_onnx), ("digits-b", second_onnx))
     (home / "serving.yaml").write_text(SERVING)
     return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
 
