@@ -2,9 +2,14 @@
 
 Header timeout: uvicorn (0.54, its h11 protocol, which BentoML's workers run: httptools is not installed) closes a
 kept-alive connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection
-that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here
-each connection must complete its request headers within `connections.header_timeout_s` of opening, or of the
-previous answer; otherwise it is closed.
+that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here each
+connection must complete each request's headers within `connections.header_timeout_s` of opening, or of its
+previous answer, whatever it sends meanwhile; otherwise it is closed. The deadline is not a state of h11's: an
+answer given before its request's body was read (a 405, a 404) leaves the client sending that body, and h11 starts
+the next request only once the body has ended. A timer that looked for h11's IDLE found SEND_BODY there, did
+nothing, and was never set again: one more byte of body, then the next headers a byte every 2 s, held the
+connection for as long as the client went on (issue 31). So the timer asks only whether a request's headers have
+come since it was set.
 
 Drain: on SIGTERM uvicorn stops accepting at once and closes every idle kept-alive connection; a client that sends
 its next request on one at that moment gets a reset (before this module, stopping a server under load reset 36
@@ -14,22 +19,22 @@ every answer carries `Connection: close` (so each client's connection ends after
 own graceful shutdown starts once no request has started for `QUIET_S`, or after `connections.drain_s` at most.
 
 Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
-`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `handle_events`, `on_response_complete`,
-`loop`, `transport` and `conn` (an h11.Connection). Checked against bentoml 1.4.40 (its workers run
-`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires
-each of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's
-headers and drains kept-alive connections on SIGTERM.
+`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `handle_events` (which sets `cycle` to a new
+object for each request whose headers are in), `on_response_complete`, `loop`, `transport` and `cycle`. Checked
+against bentoml 1.4.40 (its workers run `uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11
+0.16.0. Guard: `check()` requires each of those names at start-up (service/patches.py). It can go when uvicorn bounds
+the time to a request's headers and drains kept-alive connections on SIGTERM.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
 import time
 import typing as t
 
-import h11
 import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -52,20 +57,24 @@ def install(header_timeout_s: float, drain_s: float) -> None:
     """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service)."""
     if getattr(H11Protocol, "_imgclf_patched", False):
         return
-    made, events, complete = H11Protocol.connection_made, H11Protocol.handle_events, H11Protocol.on_response_complete
+    made = H11Protocol.connection_made
+    events, complete = H11Protocol.handle_events, H11Protocol.on_response_complete
 
     def arm(self: t.Any) -> None:
         disarm(self)
+        self._imgclf_answered = self.cycle  # the request answered last (None: none yet)
         self._imgclf_headers = self.loop.call_later(header_timeout_s, headers_too_slow, self)
 
     def disarm(self: t.Any) -> None:
-        timer = getattr(self, "_imgclf_headers", None)
-        if timer is not None:
-            timer.cancel()
+        if self._imgclf_headers is not None:
+            self._imgclf_headers.cancel()
             self._imgclf_headers = None
 
     def headers_too_slow(self: t.Any) -> None:
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        self._imgclf_headers = None
+        # no request's headers since the timer was set: whether the client sent nothing, trickled them, or is still
+        # sending a body its answer did not wait for (h11 not yet back to IDLE), its time is up
+        if self.cycle is self._imgclf_answered and not self.transport.is_closing():
             logger.info("closed a connection whose request headers took over %g s", header_timeout_s)
             self.transport.close()
 
@@ -74,15 +83,22 @@ def install(header_timeout_s: float, drain_s: float) -> None:
         arm(self)
 
     def handle_events(self: t.Any) -> None:
+        cycle = self.cycle
         events(self)
-        if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+        # a request's headers are in (a new cycle; its body has connections.body_timeout_s), or the connection
+        # became a WebSocket
+        if self.cycle is not cycle or self.transport.get_protocol() is not self:
             disarm(self)
 
     def on_response_complete(self: t.Any) -> None:
+        # set before uvicorn's own: that goes on to a request already waiting (pipelined), whose headers disarm it
+        arm(self)
         complete(self)
-        if not self.transport.is_closing():
-            arm(self)
+        if self.transport.is_closing():
+            disarm(self)
 
+    H11Protocol._imgclf_headers = None
+    H11Protocol._imgclf_answered = None
     H11Protocol.connection_made = connection_made
     H11Protocol.handle_events = handle_events
     H11Protocol.on_response_complete = on_response_complete
@@ -139,9 +155,13 @@ class DrainMiddleware:
 @patches.checks("service/connections.py")
 def check() -> None:
     """uvicorn still has the shape the patches above wrap."""
-    for name in ("connection_made", "handle_events", "on_response_complete", "timeout_keep_alive_handler"):
+    for name in ("connection_made", "handle_events", "on_response_complete"):
         if not callable(getattr(H11Protocol, name, None)):
             raise patches.mismatch("service/connections.py", f"H11Protocol.{name} is gone")
+    source = inspect.getsource(H11Protocol)  # the attributes each connection sets for itself
+    for attribute in ("self.cycle = ", "self.loop = ", "self.transport"):
+        if attribute not in source:
+            raise patches.mismatch("service/connections.py", f"H11Protocol no longer sets {attribute.split()[0]}")
     if not callable(getattr(uvicorn.Server, "handle_exit", None)):
         raise patches.mismatch("service/connections.py", "uvicorn.Server.handle_exit is gone")
 
