@@ -1,4 +1,5 @@
-"""Connections that send nothing useful are closed, and a worker told to stop drains instead of resetting clients.
+"""Connections that send nothing useful are closed, a worker holds at most so many, and a worker told to stop drains
+instead of resetting clients.
 
 Header timeout: uvicorn (0.54, its h11 protocol, which BentoML's workers run: httptools is not installed) closes a
 kept-alive connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection
@@ -11,6 +12,16 @@ nothing, and was never set again: one more byte of body, then the next headers a
 connection for as long as the client went on (issue 31). So the timer asks only whether a request's headers have
 come since it was set.
 
+Open connections: each one holds a file, and a worker at its file limit (RLIMIT_NOFILE) can accept nothing, not
+even to refuse it: asyncio logs nothing useful and every request times out (issue 31: 19,982 connections held open
+reached a worker's 20,000). Here a worker holds at most `connections.max_open` connections (by default half its
+soft file limit; the other half is for its own files: spooled uploads, the models, the decoding processes' pipes,
+and connections being refused). A connection past that is answered 503 with Retry-After at once, without reading
+its request, then closed when the client closes or after `LINGER_S`; the log says so in one WARNING line when the
+cap is reached, and again only after the worker has fallen to half its cap. uvicorn's own `limit_concurrency` does
+not fit: BentoML does not pass it, it answers in plain text without Retry-After, logs a warning line per refused
+request, and it reads each request's headers first (a connection that sends none is not refused, it waits).
+
 Drain: on SIGTERM uvicorn stops accepting at once and closes every idle kept-alive connection; a client that sends
 its next request on one at that moment gets a reset (before this module, stopping a server under load reset 36
 requests of 32 kept-alive clients).
@@ -19,17 +30,20 @@ every answer carries `Connection: close` (so each client's connection ends after
 own graceful shutdown starts once no request has started for `QUIET_S`, or after `connections.drain_s` at most.
 
 Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
-`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `handle_events` (which sets `cycle` to a new
-object for each request whose headers are in), `on_response_complete`, `loop`, `transport` and `cycle`. Checked
-against bentoml 1.4.40 (its workers run `uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11
-0.16.0. Guard: `check()` requires each of those names at start-up (service/patches.py). It can go when uvicorn bounds
-the time to a request's headers and drains kept-alive connections on SIGTERM.
+`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `data_received`, `handle_events` (which sets
+`cycle` to a new object for each request whose headers are in), `on_response_complete`, `loop`, `transport`,
+`connections` (the server's set of open connections) and `cycle`. Checked against bentoml 1.4.40 (its workers run
+`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires each
+of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's headers,
+caps open connections with an answer, and drains kept-alive connections on SIGTERM.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import resource
 import signal
 import threading
 import time
@@ -39,26 +53,70 @@ import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from core.errors import exit_with
 from service import patches
 
 logger = logging.getLogger("service")
 QUIET_S = 1.0  # no request started for this long: the clients have gone elsewhere
+# a refused connection's request is never read; closed with it unread, the kernel would reset the connection, and a
+# client that had not yet read its 503 would see the reset instead: the connection is half-closed at once and closed
+# when the client closes, or after this long
+LINGER_S = 1.0
+# places free as connections close (an idle one within header_timeout_s of its last answer), and a refusal costs the
+# worker little: a client may try again soon
+RETRY_AFTER_S = 1
+# the files a worker opens besides connections (about 60 idle; a multipart upload spools each large part to a file):
+# an explicit connections.max_open must leave at least this many under the file limit
+FILES_KEPT = 256
 
 
 class _State:
     draining = False
     last_request = 0.0
+    at_cap = False  # the cap was reached and said so, and the worker has not fallen to half of it since
 
 
 STATE = _State()
 
 
-def install(header_timeout_s: float, drain_s: float) -> None:
-    """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service)."""
+def file_limit() -> int:
+    """The worker's soft limit on open files (RLIMIT_NOFILE), which every accepted connection counts against."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def max_open_or_exit(configured: int | None) -> int:
+    """The most connections one worker holds open: `configured` (connections.max_open), or half the file limit; one
+    line on stderr and exit status 2 for a value that leaves fewer than FILES_KEPT files under the limit."""
+    limit = file_limit()
+    if configured is None:
+        return max(1, limit // 2)
+    if configured > limit - FILES_KEPT:
+        exit_with(
+            f"serving config: connections.max_open is {configured}, but a worker may open {limit} files "
+            f"(RLIMIT_NOFILE, soft: ulimit -n) and needs {FILES_KEPT} of them besides connections; raise the limit "
+            f"or lower max_open (by default half the limit)"
+        )
+    return configured
+
+
+def refusal(cap: int) -> bytes:
+    """The whole answer to a connection past the cap: 503, Retry-After, the service's error body, then closed."""
+    body = json.dumps({"error": f"this worker holds its limit of {cap} open connections (connections.max_open); "
+                                f"retry in {RETRY_AFTER_S} s"}).encode()  # fmt: skip
+    head = ("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: {RETRY_AFTER_S}\r\nconnection: close\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> None:
+    """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service). `cap`: the most open
+    connections (`max_open_or_exit`), None for no cap."""
     if getattr(H11Protocol, "_imgclf_patched", False):
         return
-    made = H11Protocol.connection_made
+    made, received = H11Protocol.connection_made, H11Protocol.data_received
     events, complete = H11Protocol.handle_events, H11Protocol.on_response_complete
+    answer = refusal(cap) if cap else b""
 
     def arm(self: t.Any) -> None:
         disarm(self)
@@ -78,9 +136,33 @@ def install(header_timeout_s: float, drain_s: float) -> None:
             logger.info("closed a connection whose request headers took over %g s", header_timeout_s)
             self.transport.close()
 
+    def refuse(self: t.Any) -> None:
+        self._imgclf_refused = True
+        if not STATE.at_cap:
+            STATE.at_cap = True
+            logger.warning(
+                "this worker holds its cap of %d open connections (connections.max_open): each connection past it "
+                "is answered 503 and closed; said again once half of them have closed",
+                cap,
+            )
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
     def connection_made(self: t.Any, transport: t.Any) -> None:
-        made(self, transport)
+        made(self, transport)  # adds it to self.connections
+        if cap:
+            if len(self.connections) > cap:
+                return refuse(self)
+            if STATE.at_cap and len(self.connections) <= cap // 2:
+                STATE.at_cap = False
         arm(self)
+
+    def data_received(self: t.Any, data: bytes) -> None:
+        if self._imgclf_refused:  # answered before its request: what it sends is not read
+            return
+        received(self, data)
 
     def handle_events(self: t.Any) -> None:
         cycle = self.cycle
@@ -99,7 +181,9 @@ def install(header_timeout_s: float, drain_s: float) -> None:
 
     H11Protocol._imgclf_headers = None
     H11Protocol._imgclf_answered = None
+    H11Protocol._imgclf_refused = False
     H11Protocol.connection_made = connection_made
+    H11Protocol.data_received = data_received
     H11Protocol.handle_events = handle_events
     H11Protocol.on_response_complete = on_response_complete
     H11Protocol._imgclf_patched = True
@@ -155,11 +239,11 @@ class DrainMiddleware:
 @patches.checks("service/connections.py")
 def check() -> None:
     """uvicorn still has the shape the patches above wrap."""
-    for name in ("connection_made", "handle_events", "on_response_complete"):
+    for name in ("connection_made", "data_received", "handle_events", "on_response_complete"):
         if not callable(getattr(H11Protocol, name, None)):
             raise patches.mismatch("service/connections.py", f"H11Protocol.{name} is gone")
     source = inspect.getsource(H11Protocol)  # the attributes each connection sets for itself
-    for attribute in ("self.cycle = ", "self.loop = ", "self.transport"):
+    for attribute in ("self.cycle = ", "self.loop = ", "self.transport", "self.connections = "):
         if attribute not in source:
             raise patches.mismatch("service/connections.py", f"H11Protocol no longer sets {attribute.split()[0]}")
     if not callable(getattr(uvicorn.Server, "handle_exit", None)):
