@@ -65,8 +65,9 @@ LINGER_S = 1.0
 # places free as connections close (an idle one within header_timeout_s of its last answer), and a refusal costs the
 # worker little: a client may try again soon
 RETRY_AFTER_S = 1
-# the files a worker opens besides connections (about 60 idle; a multipart upload spools each large part to a file):
-# an explicit connections.max_open must leave at least this many under the file limit
+# the files a worker opens besides connections: 18 idle, 214 with three uploads of 64 large parts spooled to files
+# (bench/README.md, 'Attacks'). An explicit connections.max_open must leave at least this many under the limit: a
+# floor, not a bound, as each upload in flight may spool up to max_images_per_request parts (the default leaves half)
 FILES_KEPT = 256
 
 
