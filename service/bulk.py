@@ -38,7 +38,7 @@ import numpy as np
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
-from service.files import Decoded, decode_chunk, list_images
+from service.files import Decoded, decode_chunk, list_images, shown_path
 from service.models import Model
 from service.rows import Summary, batches, check_settings, rows
 
@@ -80,7 +80,9 @@ def still_to_do(paths: Iterable[str | Path], out: Path) -> list[str]:
     """The absolute paths (every node reads them, whatever its working directory) that no Parquet part in `out`
     holds yet, in order: what a rerun classifies."""
     done = done_paths(out)
-    return [p for p in map(os.path.abspath, paths) if p not in done]
+    # a row holds its path as shown_path writes it (a name that is not UTF-8 escaped), so that is what is compared:
+    # the name itself never matched, and such a file was classified again by every rerun
+    return [p for p in map(os.path.abspath, paths) if shown_path(p) not in done]
 
 
 def read_parts(out: str | Path) -> list[dict[str, Any]]:
@@ -328,7 +330,9 @@ def predict_on_ray(
         # a part is one actor call: at most rows_per_file rows, and at least 4 calls an actor, so that a small job
         # still spreads over every actor
         part = max(1, min(rows_per_file, -(-len(todo) // (4 * plan.actors))))
-        ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=-(-len(todo) // part))
+        # as bytes, which Arrow holds whatever the name: a name that is not UTF-8 is not text to it, and Ray fell
+        # back to pickling the whole column (with a WARNING line)
+        ds = ray.data.from_items([{"path": os.fsencode(p)} for p in todo], override_num_blocks=-(-len(todo) // part))
         if plan.decode_tasks:
             ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": local.preprocess, "limits": limits,
                                 "shape": local.input_shape}, batch_size=DECODE_CHUNK, num_cpus=1)  # fmt: skip

@@ -154,11 +154,14 @@ class Connections(_Section):
     of opening (or of its previous answer). body_timeout_s: a request's whole body must arrive within this long of
     its headers, else 408 (service/http/bodies.py): a slow or unfinished upload is the client's fault, not a 504 after
     the request timeout. drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503, each answer closing
-    its connection) before it shuts down; 0: shut down at once."""
+    its connection) before it shuts down; 0: shut down at once. max_open: the most connections a worker holds open;
+    one more is answered 503 with Retry-After and closed. By default half the worker's soft file limit (ulimit -n);
+    at most that limit less the files a worker needs besides (checked where it serves)."""
 
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)
     drain_s: float = Field(10.0, ge=0)
+    max_open: int | None = Field(None, ge=1)
 
 
 class Auth(_Section):

@@ -1,10 +1,26 @@
-"""Connections that send nothing useful are closed, and a worker told to stop drains instead of resetting clients.
+"""Connections that send nothing useful are closed, a worker holds at most so many, and a worker told to stop drains
+instead of resetting clients.
 
 Header timeout: uvicorn (0.54, its h11 protocol, which BentoML's workers run: httptools is not installed) closes a
 kept-alive connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection
-that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here
-each connection must complete its request headers within `connections.header_timeout_s` of opening, or of the
-previous answer; otherwise it is closed.
+that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here each
+connection must complete each request's headers within `connections.header_timeout_s` of opening, or of its
+previous answer, whatever it sends meanwhile; otherwise it is closed. The deadline is not a state of h11's: an
+answer given before its request's body was read (a 405, a 404) leaves the client sending that body, and h11 starts
+the next request only once the body has ended. A timer that looked for h11's IDLE found SEND_BODY there, did
+nothing, and was never set again: one more byte of body, then the next headers a byte every 2 s, held the
+connection for as long as the client went on (issue 31). So the timer asks only whether a request's headers have
+come since it was set.
+
+Open connections: each one holds a file, and a worker at its file limit (RLIMIT_NOFILE) can accept nothing, not
+even to refuse it: asyncio logs nothing useful and every request times out (issue 31: 19,982 connections held open
+reached a worker's 20,000). Here a worker holds at most `connections.max_open` connections (by default half its
+soft file limit; the other half is for its own files: spooled uploads, the models, the decoding processes' pipes,
+and connections being refused). A connection past that is answered 503 with Retry-After at once, without reading
+its request, then closed when the client closes or after `LINGER_S`; the log says so in one WARNING line when the
+cap is reached, and again only after the worker has fallen to half its cap. uvicorn's own `limit_concurrency` does
+not fit: BentoML does not pass it, it answers in plain text without Retry-After, logs a warning line per refused
+request, and it reads each request's headers first (a connection that sends none is not refused, it waits).
 
 Drain: on SIGTERM uvicorn stops accepting at once and closes every idle kept-alive connection; a client that sends
 its next request on one at that moment gets a reset (before this module, stopping a server under load reset 36
@@ -14,76 +30,161 @@ every answer carries `Connection: close` (so each client's connection ends after
 own graceful shutdown starts once no request has started for `QUIET_S`, or after `connections.drain_s` at most.
 
 Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
-`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `handle_events`, `on_response_complete`,
-`loop`, `transport` and `conn` (an h11.Connection). Checked against bentoml 1.4.40 (its workers run
-`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires
-each of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's
-headers and drains kept-alive connections on SIGTERM.
+`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `data_received`, `handle_events` (which sets
+`cycle` to a new object for each request whose headers are in), `on_response_complete`, `loop`, `transport`,
+`connections` (the server's set of open connections) and `cycle`. Checked against bentoml 1.4.40 (its workers run
+`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires each
+of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's headers,
+caps open connections with an answer, and drains kept-alive connections on SIGTERM.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import resource
 import signal
 import threading
 import time
 import typing as t
 
-import h11
 import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from core.errors import exit_with
 from service import patches
 
 logger = logging.getLogger("service")
 QUIET_S = 1.0  # no request started for this long: the clients have gone elsewhere
+# a refused connection's request is never read; closed with it unread, the kernel would reset the connection, and a
+# client that had not yet read its 503 would see the reset instead: the connection is half-closed at once and closed
+# when the client closes, or after this long
+LINGER_S = 1.0
+# places free as connections close (an idle one within header_timeout_s of its last answer), and a refusal costs the
+# worker little: a client may try again soon
+RETRY_AFTER_S = 1
+# the files a worker opens besides connections: 18 idle, 214 with three uploads of 64 large parts spooled to files
+# (bench/README.md, 'Attacks'). An explicit connections.max_open must leave at least this many under the limit: a
+# floor, not a bound, as each upload in flight may spool up to max_images_per_request parts (the default leaves half)
+FILES_KEPT = 256
 
 
 class _State:
     draining = False
     last_request = 0.0
+    at_cap = False  # the cap was reached and said so, and the worker has not fallen to half of it since
 
 
 STATE = _State()
 
 
-def install(header_timeout_s: float, drain_s: float) -> None:
-    """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service)."""
+def file_limit() -> int:
+    """The worker's soft limit on open files (RLIMIT_NOFILE), which every accepted connection counts against."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def max_open_or_exit(configured: int | None) -> int:
+    """The most connections one worker holds open: `configured` (connections.max_open), or half the file limit; one
+    line on stderr and exit status 2 for a value that leaves fewer than FILES_KEPT files under the limit."""
+    limit = file_limit()
+    if configured is None:
+        return max(1, limit // 2)
+    if configured > limit - FILES_KEPT:
+        exit_with(
+            f"serving config: connections.max_open is {configured}, but a worker may open {limit} files "
+            f"(RLIMIT_NOFILE, soft: ulimit -n) and needs {FILES_KEPT} of them besides connections; raise the limit "
+            f"or lower max_open (by default half the limit)"
+        )
+    return configured
+
+
+def refusal(cap: int) -> bytes:
+    """The whole answer to a connection past the cap: 503, Retry-After, the service's error body, then closed."""
+    body = json.dumps({"error": f"this worker holds its limit of {cap} open connections (connections.max_open); "
+                                f"retry in {RETRY_AFTER_S} s"}).encode()  # fmt: skip
+    head = ("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: {RETRY_AFTER_S}\r\nconnection: close\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> None:
+    """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service). `cap`: the most open
+    connections (`max_open_or_exit`), None for no cap."""
     if getattr(H11Protocol, "_imgclf_patched", False):
         return
-    made, events, complete = H11Protocol.connection_made, H11Protocol.handle_events, H11Protocol.on_response_complete
+    made, received = H11Protocol.connection_made, H11Protocol.data_received
+    events, complete = H11Protocol.handle_events, H11Protocol.on_response_complete
+    answer = refusal(cap) if cap else b""
 
     def arm(self: t.Any) -> None:
         disarm(self)
+        self._imgclf_answered = self.cycle  # the request answered last (None: none yet)
         self._imgclf_headers = self.loop.call_later(header_timeout_s, headers_too_slow, self)
 
     def disarm(self: t.Any) -> None:
-        timer = getattr(self, "_imgclf_headers", None)
-        if timer is not None:
-            timer.cancel()
+        if self._imgclf_headers is not None:
+            self._imgclf_headers.cancel()
             self._imgclf_headers = None
 
     def headers_too_slow(self: t.Any) -> None:
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        self._imgclf_headers = None
+        # no request's headers since the timer was set: whether the client sent nothing, trickled them, or is still
+        # sending a body its answer did not wait for (h11 not yet back to IDLE), its time is up
+        if self.cycle is self._imgclf_answered and not self.transport.is_closing():
             logger.info("closed a connection whose request headers took over %g s", header_timeout_s)
             self.transport.close()
 
+    def refuse(self: t.Any) -> None:
+        self._imgclf_refused = True
+        if not STATE.at_cap:
+            STATE.at_cap = True
+            logger.warning(
+                "this worker holds its cap of %d open connections (connections.max_open): each connection past it "
+                "is answered 503 and closed; said again once half of them have closed",
+                cap,
+            )
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
     def connection_made(self: t.Any, transport: t.Any) -> None:
-        made(self, transport)
+        made(self, transport)  # adds it to self.connections
+        if cap:
+            if len(self.connections) > cap:
+                return refuse(self)
+            if STATE.at_cap and len(self.connections) <= cap // 2:
+                STATE.at_cap = False
         arm(self)
 
+    def data_received(self: t.Any, data: bytes) -> None:
+        if self._imgclf_refused:  # answered before its request: what it sends is not read
+            return
+        received(self, data)
+
     def handle_events(self: t.Any) -> None:
+        cycle = self.cycle
         events(self)
-        if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+        # a request's headers are in (a new cycle; its body has connections.body_timeout_s), or the connection
+        # became a WebSocket
+        if self.cycle is not cycle or self.transport.get_protocol() is not self:
             disarm(self)
 
     def on_response_complete(self: t.Any) -> None:
+        # set before uvicorn's own: that goes on to a request already waiting (pipelined), whose headers disarm it
+        arm(self)
         complete(self)
-        if not self.transport.is_closing():
-            arm(self)
+        if self.transport.is_closing():
+            disarm(self)
 
+    H11Protocol._imgclf_headers = None
+    H11Protocol._imgclf_answered = None
+    H11Protocol._imgclf_refused = False
     H11Protocol.connection_made = connection_made
+    H11Protocol.data_received = data_received
     H11Protocol.handle_events = handle_events
     H11Protocol.on_response_complete = on_response_complete
     H11Protocol._imgclf_patched = True
@@ -139,9 +240,13 @@ class DrainMiddleware:
 @patches.checks("service/connections.py")
 def check() -> None:
     """uvicorn still has the shape the patches above wrap."""
-    for name in ("connection_made", "handle_events", "on_response_complete", "timeout_keep_alive_handler"):
+    for name in ("connection_made", "data_received", "handle_events", "on_response_complete"):
         if not callable(getattr(H11Protocol, name, None)):
             raise patches.mismatch("service/connections.py", f"H11Protocol.{name} is gone")
+    source = inspect.getsource(H11Protocol)  # the attributes each connection sets for itself
+    for attribute in ("self.cycle = ", "self.loop = ", "self.transport", "self.connections = "):
+        if attribute not in source:
+            raise patches.mismatch("service/connections.py", f"H11Protocol no longer sets {attribute.split()[0]}")
     if not callable(getattr(uvicorn.Server, "handle_exit", None)):
         raise patches.mismatch("service/connections.py", "uvicorn.Server.handle_exit is gone")
 

@@ -55,7 +55,9 @@ GPUS = gpus.ids_or_exit(CONFIG) if SERVING_HERE else None
 WORKERS = gpus.workers(CONFIG, GPUS)
 if GPUS and COMMAND is not None:
     gpus.leave_allocation_to_workers()
-connections.install(CONFIG.connections.header_timeout_s, CONFIG.connections.drain_s)
+# the most open connections a worker holds: checked against the file limit where the server runs
+OPEN_CAP = connections.max_open_or_exit(CONFIG.connections.max_open) if SERVING_HERE else None
+connections.install(CONFIG.connections.header_timeout_s, CONFIG.connections.drain_s, OPEN_CAP)
 timeout.install()  # BentoML's request timeout, without holding each request's objects for its length
 
 DESCRIPTION = """Image classification with models fine-tuned and exported by this project: POST images to /classify

@@ -465,44 +465,71 @@ def test_a_large_multipart_body_streams_through_starlettes_parser_to_the_same_an
     assert whole.status_code == streamed.status_code == 200 and whole.json() == streamed.json()
 
 
-def test_a_body_that_stops_is_answered_408(config, graphs):
-    """A body that stops half-way (a client that sends a length and then too little, or a chunked body without its
-    end) is answered 408 once `connections.body_timeout_s` has passed, and its connection closed; driven through
-    the ASGI interface itself, whose `receive` a test client cannot hold back."""
+def _asgi(app, method: str, path: str, headers: list, chunks: list[bytes], ends: bool = False) -> tuple[dict, dict]:
+    """A request driven through the ASGI interface itself, whose `receive` a test client cannot hold back: `chunks`
+    of its body, the last one its end if `ends`; otherwise nothing more, ever. Returns the answer's start message
+    and its JSON body."""
     import asyncio
 
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 3000),
+             "client": ("127.0.0.1", 5), "root_path": ""}  # fmt: skip
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    messages[-1]["more_body"] = not ends
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the rest never comes
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 30)  # a hang fails the test, not the suite
+
+    asyncio.run(call())
+    return sent[0], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_a_body_that_stops_is_answered_408(config, graphs):
+    """A body that stops half-way (a client that sends a length and then too little, or a chunked body without its
+    end) is answered 408 once `connections.body_timeout_s` has passed, and its connection closed."""
     slow = config.model_copy(update={"connections": config.connections.model_copy(update={"body_timeout_s": 0.3})})
     app = http_app.build(slow)
     app.state.engine = Engine(config, graphs)
     document = TestClient(app).get("/docs.json").json()
     head = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
     for headers in ([(b"content-length", b"100000")], [(b"transfer-encoding", b"chunked")]):
-        scope = {"type": "http", "method": "POST", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-                 "headers": [(b"content-type", b"multipart/form-data; boundary=b"), *headers], "http_version": "1.1",
-                 "scheme": "http", "server": ("127.0.0.1", 3000), "client": ("127.0.0.1", 5),
-                 "root_path": ""}  # fmt: skip
-        sent: list[dict] = []
-        chunks = [{"type": "http.request", "body": head, "more_body": True}]
-
-        async def receive(chunks=chunks) -> dict:
-            if chunks:
-                return chunks.pop(0)
-            await asyncio.Event().wait()  # the rest never comes
-            return {}
-
-        async def send(message: dict, sent=sent) -> None:
-            sent.append(message)
-
-        async def call(scope=scope, receive=receive, send=send) -> None:
-            await asyncio.wait_for(app(scope, receive, send), 30)  # a hang fails the test, not the suite
-
-        asyncio.run(call())
-        start, body = sent[0], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+        multipart = [(b"content-type", b"multipart/form-data; boundary=b"), *headers]
+        start, body = _asgi(app, "POST", "/classify", multipart, [head])
         assert start["status"] == 408 and (b"connection", b"close") in start["headers"], start
         assert body == {"error": "the body did not arrive within 0.3 s of the request (connections.body_timeout_s); "
                                  "send it whole, at once"}  # fmt: skip
         schema = document["paths"]["/classify"]["post"]["responses"]["408"]["content"]["application/json"]["schema"]
         jsonschema.validate(body, {**schema, "components": document["components"]})
+
+
+def test_an_answer_before_the_whole_body_closes_its_connection(config, graphs):
+    """A refusal given before the request's body has all arrived (a body found malformed part-way, a method or a path
+    refused unread) closes the connection: the client could go on sending the rest, and its connection stayed open
+    while it did (issue 31). The same refusal of a body that has all arrived keeps the connection."""
+    app = http_app.build(config)
+    app.state.engine = Engine(config, graphs)
+    multipart = [(b"content-type", b"multipart/form-data; boundary=b"), (b"transfer-encoding", b"chunked")]
+    for method, path, headers, first in [
+        ("POST", "/classify", multipart, b"x" * 100),  # streamed (no length), refused at its first bytes
+        ("PUT", "/classify", [(b"content-length", b"60")], b"{"),
+        ("POST", "/no-such-route", [(b"content-length", b"60")], b"{"),
+    ]:
+        start, body = _asgi(app, method, path, headers, [first])
+        assert start["status"] in (400, 404, 405) and (b"connection", b"close") in start["headers"], (path, start)
+        assert set(body) == {"error"}
+    whole = [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"100")]
+    start, body = _asgi(app, "POST", "/classify", whole, [b"x" * 100], ends=True)
+    assert start["status"] == 400 and b"connection" not in dict(start["headers"]), start
 
 
 def test_images_waiting_for_the_budget_are_read_again_and_answered_alike(config, graphs, monkeypatch):

@@ -119,6 +119,30 @@ def test_two_nodes_classify_as_the_local_path_does(cluster, graph, images, tmp_p
     assert sum(r["error"] is not None for r in got) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("decode_tasks", [False, True], ids=["actors-decode", "tasks-decode-as-with-gpus"])
+def test_a_name_that_is_not_utf8_gets_its_row_escaped_and_a_rerun_skips_it(cluster, graph, tmp_path, decode_tasks):
+    """`caf\\xe9.png` as the local path writes it (service.files.shown_path), in both layouts; a rerun finds it
+    written (it compared the name itself with the row's escaped text, and classified it again each time)."""
+    from service.bulk import predict_on_ray, read_parts
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for i, name in enumerate([b"plain.png", b"caf\xe9.png"]):
+        Image.fromarray(np.full((20, 24, 3), 90 * i, np.uint8)).save(os.fsdecode(os.fsencode(folder) + b"/" + name))
+    predict(str(graph), [folder], tmp_path / "local.jsonl", workers=0)
+    expected = sorted(read_rows(tmp_path / "local.jsonl"), key=lambda r: r["path"])
+    assert f"{folder}/caf\\xe9.png" in [r["path"] for r in expected]
+    out = tmp_path / "parts"
+    summary = predict_on_ray(str(graph), [folder], out, cluster.address, decode_tasks=decode_tasks)
+    assert (summary.classified, summary.unreadable, summary.skipped) == (2, 0, 0)
+    got = read_parts(out)
+    assert [(r["path"], r["label"], r["error"]) for r in got] == [(r["path"], r["label"], r["error"]) for r in expected]
+    again = predict_on_ray(str(graph), [folder], out, cluster.address, decode_tasks=decode_tasks)
+    assert (again.classified, again.skipped, again.files) == (0, 2, 0)
+    assert len(read_parts(out)) == 2
+
+
 def _wait_for_dead_job(ray) -> None:
     """Until Ray has marked every other driver dead (it then kills their workers): a write of the killed job
     must not land after the rerun read what is written."""

@@ -91,7 +91,7 @@ def test_the_decoding_budget_is_the_one_figure_service_config_declares():
 
 
 def test_the_test_counts_the_pages_state_are_the_files_own():
-    """`tests/test_bulk.py`'s 7: a count of a test file's tests that a page states is what pytest collects there
+    """`tests/test_bulk.py`'s 9: a count of a test file's tests that a page states is what pytest collects there
     (the README once said five of seven)."""
     counts = {}
     for page in PAGES:

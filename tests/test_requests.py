@@ -1,6 +1,7 @@
 """What only a real `bentoml serve` shows about requests: bodies bounded on the wire (a declared length answered
-before the body, a client that leaves mid-body logged as 499), slow headers closed, SIGTERM drained, overload and
-the request timeout answered 503 and 504 as /docs.json says. Every refusal of the routes themselves is checked
+before the body, a client that leaves mid-body logged as 499), slow headers closed (also after an answer), a
+worker's cap on open connections, SIGTERM drained, overload and the request timeout answered 503 and 504 as
+/docs.json says. Every refusal of the routes themselves is checked
 in-process, without a server: tests/test_app.py.
 
 The digits ResNet-18 (answers, not accuracy, are under test) in a temporary model store.
@@ -139,6 +140,119 @@ def test_a_connection_that_sends_nothing_useful_is_closed(server):
                 if closed:
                     break
             assert closed, f"still open after {len(trickle[:40]) or 40} x 0.5 s"
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer (headers and a Content-Length body) read from `sock`."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before its answer: {answer!r}"
+        answer += chunk
+    return answer
+
+
+def _closed_after_answer(
+    server: str, request: bytes, then: bytes, step_s: float = 0.25, give_up_s: float = 15
+) -> float:
+    """Send `request`, read its whole answer, then send `then` a byte every `step_s`: the seconds from the answer
+    until the server closed the connection, or `give_up_s` if it had not by then (the client is done sending)."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = _answer(sock)
+        assert b"connection: close" not in answer.lower(), answer  # kept alive: the server must close it itself
+        answered = time.monotonic()
+        sock.settimeout(step_s)
+        for byte in then:
+            if time.monotonic() - answered > give_up_s:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(1024) == b"":
+                    return time.monotonic() - answered
+            except TimeoutError:
+                continue
+            except OSError:  # reset or broken pipe: closed as well
+                return time.monotonic() - answered
+    return give_up_s
+
+
+def test_each_request_has_header_timeout_s_from_the_previous_answer(server, png):
+    """After an answer, a kept-alive connection has connections.header_timeout_s (2 s here) for its next request's
+    headers, whatever it sends meanwhile: the next headers a byte every 0.25 s; or the rest of a body its answer did
+    not wait for, then headers (BentoML's /livez answers without reading a body, and keeps the connection; the
+    service's routes close it: tests/test_app.py). Each is closed within 2 s of its answer (plus slack for a loaded
+    machine); the second stayed open for as long as the client went on sending (issue 31), as the header timer
+    waited for h11 to be back at IDLE, which the unfinished body put off past the deadline."""
+    trickle = b"POST /classify HTTP/1.1\r\nHost: x\r\n" * 4
+    upload = _multipart([("images", "digit.png", png)])
+    first = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+             f"Content-Length: {len(upload)}\r\n\r\n").encode() + upload  # fmt: skip
+    assert _closed_after_answer(server, first, trickle) < 2 + 2
+    unread = b"GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n{"
+    assert _closed_after_answer(server, unread, b" " * 59 + trickle) < 2 + 2
+
+
+def _multipart(parts: list[tuple[str, str, bytes]]) -> bytes:
+    """A multipart/form-data body with the boundary `b`: (field, file name, bytes) each."""
+    body = b"".join(
+        f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for field, name, data in parts
+    )
+    return body + b"--b--\r\n"
+
+
+CAPPED = SERVING.replace(
+    "header_timeout_s: 2, body_timeout_s: 3,", "header_timeout_s: 60, body_timeout_s: 60,"
+).replace("drain_s: 20}", "drain_s: 20, max_open: 8}")
+
+
+def test_a_worker_past_its_connection_cap_answers_503_and_says_so_once(store, png, tmp_path):
+    """connections.max_open (8 here): with 8 connections open, each answered once and then holding a request whose
+    body is still coming, every further connection is answered 503 with Retry-After and the service's error body,
+    without its request being read, and closed; once the 8 have closed a request is answered again; the log says
+    so in one line for the whole episode (the timeouts here are long enough for nothing else to close them)."""
+    assert "max_open: 8" in CAPPED
+    (tmp_path / "serving.yaml").write_text(CAPPED)
+    log = tmp_path / "log"
+    env = {**store, "SERVING_CONFIG": str(tmp_path / "serving.yaml"), "LOG_PATH": str(log)}
+    file = [("images", ("digit.png", png, "image/png"))]
+    with serving([], env) as (url, proc):
+        assert proc.poll() is None, log.read_text()[-4000:]
+        host, port = url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=30) for _ in range(8)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _answer(sock).startswith(b"HTTP/1.1 200"), "a connection under the cap was refused"
+                sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+                             b"\r\nContent-Length: 1000\r\n\r\n--b\r\n")  # fmt: skip
+            refused = [httpx.post(f"{url}/classify", files=file, timeout=30) for _ in range(3)]
+            for answer in refused:
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+                assert answer.headers["connection"] == "close", answer.headers
+                assert "8 open connections (connections.max_open)" in error_of(answer)
+            with socket.create_connection(
+                (host, int(port)), timeout=30
+            ) as silent:  # sends nothing, answered all the same
+                answer = _answer(silent)
+                assert answer.startswith(b"HTTP/1.1 503"), answer
+                assert silent.recv(1024) == b"", "not closed after its 503"
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 20  # the worker sees the 8 close, then has room again
+        while (ok := httpx.post(f"{url}/classify", files=file, timeout=30)).status_code == 503:
+            assert time.monotonic() < deadline, ok.text
+            time.sleep(0.1)
+        assert ok.status_code == 200, ok.text
+    text = log.read_text()
+    assert text.count("holds its cap of 8 open connections") == 1, text[-4000:]
+    assert "Traceback" not in text and "[ERROR]" not in text, text[-4000:]
 
 
 def test_sigterm_drains_instead_of_resetting_kept_alive_connections(store, tmp_path):

@@ -113,6 +113,8 @@ BAD = [
     (("models: [a, b]", "models: [a, 'b:']"), "models.1 'b:' is not a valid model-store tag"),
     (("models: [a, b]", "models: [a, '-b']"), "models.1 '-b' is not a valid model-store tag"),
     (("default_model: a", "default_model: a\nmodels: [a]"), "key 'models' is given twice"),
+    (("workers: 1", "workers: 1\nconnections: {max_open: 0}"),
+     "connections.max_open must be a whole number of at least 1, got 0"),
 ]  # fmt: skip
 
 
@@ -191,3 +193,17 @@ def test_bentoml_serve_stops_on_the_same_line(tmp_path):
     bentoml = str(Path(sys.executable).parent / "bentoml")
     result = start_up(path, [bentoml, "serve", "--port", "0"])
     assert one_line(result.returncode, result.stderr) == expected
+
+
+def test_connections_max_open_is_half_the_file_limit_or_must_leave_room_under_it(capsys):
+    """Checked where the server runs (the limit is that machine's): one line and exit 2 for a cap that leaves a
+    worker fewer than FILES_KEPT files besides its connections."""
+    from service import connections
+
+    limit = connections.file_limit()
+    assert connections.max_open_or_exit(None) == limit // 2
+    assert connections.max_open_or_exit(limit - connections.FILES_KEPT) == limit - connections.FILES_KEPT
+    with pytest.raises(SystemExit) as stop:
+        connections.max_open_or_exit(limit)
+    line = one_line(stop.value.code, capsys.readouterr().err)
+    assert f"connections.max_open is {limit}, but a worker may open {limit} files" in line, line

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from service.config import ServingConfig
 from service.errors import InputError
 from service.http import openapi, routes
-from service.http.bodies import TOO_LARGE, TOO_SLOW, BodiesMiddleware
+from service.http.bodies import BodiesMiddleware
 from service.http.page import page
 
 logger = logging.getLogger("service")
@@ -37,9 +37,7 @@ def refused(request: Request, e: Exception, headers: dict[str, str] | None = Non
     client sending bad requests cannot flood the log."""
     assert isinstance(e, InputError)
     logger.info("refused with %d: %s %s: %s", e.status, request.method, request.url.path, e.message)
-    if TOO_LARGE in request.scope or TOO_SLOW in request.scope:
-        # the rest of the body is left unread on the connection: the next request could not be told from it
-        headers = {**(headers or {}), "Connection": "close"}
+    # one given before the body has all arrived closes its connection (BodiesMiddleware)
     return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
 
 

@@ -8,6 +8,11 @@ is counted while it streams: past the bound the route's reader sees the end of t
 `connections.body_timeout_s` of the request ends the same way, `TOO_SLOW` saying why: 408, where a body that
 trickled in or never ended held its connection for the request timeout and got a 504 (bench/README.md, 'Attacks').
 
+An answer that starts before its request's body has all arrived (a refusal from the headers, a malformed body
+refused part-way, a method or path refused without reading it) carries `Connection: close`: otherwise the client
+could go on sending the rest of the body, and its connection stayed open while it did (issue 31: one more byte
+after a 400, then the next headers a byte at a time, held a connection for as long as the client went on).
+
 `parse_json` parses a JSON body or form value with its nesting checked first: Python's parser recurses, and a
 value nested about 1,000 deep raised RecursionError (a 500 with a traceback). Bodies are parsed in a thread, so a
 large one does not stall the event loop.
@@ -62,6 +67,14 @@ def body_bound(limits: Limits, media: str) -> tuple[int, str]:
     return limits.body_bytes(), "limits.max_body_bytes"
 
 
+def has_body(headers: t.Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's headers say a body follows."""
+    for name, value in headers:
+        if (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding":
+            return True
+    return False
+
+
 def depth(text: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest (0 for a scalar)."""
     structure = np.frombuffer(_STRINGS.sub(b"", text), dtype=np.uint8)
@@ -85,7 +98,8 @@ def parse_json(text: bytes | str, what: str) -> t.Any:
 
 
 class BodiesMiddleware:
-    """Refuses a body whose Content-Length is over its bound, and bounds the bytes of every body it lets through."""
+    """Refuses a body whose Content-Length is over its bound, bounds the bytes of every body it lets through, and
+    closes the connection of an answer given before its body has all arrived."""
 
     def __init__(self, app: t.Any, limits: Limits, body_timeout_s: float) -> None:
         self.app, self.limits, self.body_timeout_s = app, limits, body_timeout_s
@@ -103,9 +117,10 @@ class BodiesMiddleware:
             return await response(scope, receive, send)
         seen = 0
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        arrived = not has_body(headers)
 
         async def bounded() -> dict:
-            nonlocal seen
+            nonlocal seen, arrived
             if TOO_LARGE in scope or TOO_SLOW in scope:
                 return {"type": "http.disconnect"}
             try:
@@ -115,10 +130,18 @@ class BodiesMiddleware:
                 scope[TOO_SLOW] = self.body_timeout_s
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                arrived = arrived or not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > bound:
                     scope[TOO_LARGE] = (bound, setting)
                     return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, bounded, send)
+        async def closing(message: dict) -> None:
+            if message["type"] == "http.response.start" and not arrived:
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                if b"connection" not in names:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, bounded, closing)

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse
 
 from core.errors import exit_with
 from service.config import Auth
+from service.http.bodies import has_body
 
 logger = logging.getLogger("service")
 
@@ -123,13 +124,6 @@ def presented(headers: t.Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return out
 
 
-def _has_body(headers: t.Iterable[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding":
-            return True
-    return False
-
-
 def open_paths(auth: Auth) -> tuple[frozenset[str], tuple[str, ...]]:
     """The paths (exact, and by prefix) that need no key."""
     paths, prefixes = set(HEALTH), ()
@@ -162,7 +156,7 @@ class KeysMiddleware:
             message, challenge = f"no API key: {HOW}", ""
         logger.info("refused with 401: %s %s: %s", scope["method"], scope["path"], "invalid key" if keys else "no key")
         headers = {"WWW-Authenticate": f'Bearer realm="classifier"{challenge}'}
-        if _has_body(scope["headers"]):
+        if has_body(scope["headers"]):
             # the body is never read: left on the connection, it would be read as the next request's start (or keep
             # the connection open for ever, waiting for bytes the client will not send)
             headers["Connection"] = "close"
