@@ -356,7 +356,7 @@ def attacks(target: Target, slow_seconds: float, normal: bytes) -> list[tuple[st
                                   headers={"content-type": "application/json"})  # fmt: skip
         else:
             response = httpx.post(f"{url}/classify", files=[("images", ("d.png", thin, "image/png"))],
-                                  data={"top_k": value}, timeout=60)  # fmt: skip
+                                  data={"model": value}, timeout=60)  # fmt: skip
         return f"{response.status_code} {response.text[:90]}"
 
     def disconnect() -> str:

@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from service.config import loads
+from service.decode import quoted
 from service.engine import Engine
 from service.http import app as http_app
 from service.http.keys import Keys, KeysMiddleware
@@ -171,7 +172,7 @@ def test_malformed_requests_get_a_4xx_that_says_what_to_send(app):
          ["field 'top_k' must be a whole number, got 'abc'"]),
         ("/classify", {"files": [file], "data": {"top_k": "2.5"}}, 400, ["field 'top_k' must be a whole number"]),
         ("/classify?top_k=true", {"content": png, "headers": {"content-type": "image/png"}}, 400,
-         ["field 'top_k' must be a whole number, got True"]),
+         ["field 'top_k' must be a whole number, got 'true'"]),
         ("/classify", {"files": [file], "data": {"topk": "2"}}, 400,
          ["unknown field 'topk'", "/classify accepts 'images', 'top_k', 'model'"]),
         ("/classify?topk=2", {"content": png, "headers": {"content-type": "image/png"}}, 400, ["unknown field 'topk'"]),
@@ -218,7 +219,7 @@ def test_malformed_requests_get_a_4xx_that_says_what_to_send(app):
          415, ["unsupported body type 'application/vnd.bentoml+pickle'"]),
         ("/classify", {"content": f'{{"top_k": {DEEP}}}', "headers": {"content-type": "application/json"}}, 400,
          ["the JSON body nests 1001 levels deep; the limit is 32"]),
-        ("/classify", {"files": [file], "data": {"top_k": DEEP}}, 400,
+        ("/classify", {"files": [file], "data": {"model": DEEP}}, 400,
          ["a form value nests 1000 levels deep"]),
     ]  # fmt: skip
     for route, kwargs, status, parts in cases:
@@ -237,6 +238,39 @@ def test_malformed_requests_get_a_4xx_that_says_what_to_send(app):
         assert got.status_code == 405 and got.headers["allow"] == "POST", got.headers
         assert error_of(got) == f"{route} takes POST, not GET"
     assert set(app.put("/models").headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+@pytest.mark.parametrize(
+    "sent", ["true", "1e3", "1_000", " 3", "3 ", "3.0", "+3", "0x10", "\u00b2", "\u0663", "", "1" * 100 + "x"]
+)
+def test_top_k_is_decimal_digits_however_it_is_sent(app, sent):
+    """top_k is a whole number in every way a field can come: decimal digits as text (a multipart field, a query
+    parameter, a URL-encoded body, a JSON string), an integer in JSON; anything else is refused with what was sent
+    (issue 31: `true`, `1e3` and `1_000` were read as numbers)."""
+    png = encoded(RED)
+    refusal = f"field 'top_k' must be a whole number, got {quoted(sent)}"
+    for route, kwargs in [
+        ("/classify", {"files": [("images", ("a.png", png, "image/png"))], "data": {"top_k": sent}}),
+        ("/ensemble", {"content": png, "headers": {"content-type": "image/png"}, "params": {"top_k": sent}}),
+        ("/classify", {"data": {"top_k": sent}}),  # URL-encoded: the field is refused before the missing images
+        ("/classify", {"json": {"top_k": sent}}),
+    ]:
+        response = post(app, route, **kwargs)
+        assert response.status_code == 400 and error_of(response) == refusal, (kwargs.keys(), response.text)
+
+
+def test_top_k_in_json_is_an_integer_and_digits_are_read_whatever_their_number(app):
+    for value, shown in [(True, "true"), (1e3, "1000.0"), (3.0, "3.0"), ([3], "[3]"), ({"k": 3}, '{"k": 3}'),
+                         (list(range(100)), "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 1"
+                                            "... (390 characters)")]:  # fmt: skip
+        response = post(app, "/classify", json={"top_k": value})
+        assert error_of(response) == f"field 'top_k' must be a whole number, got {shown}", response.text
+    png = {"content": encoded(RED), "headers": {"content-type": "image/png"}}
+    for sent, classes in (("03", 3), ("0" * 5000 + "2", 2), ("9" * 5000, 10)):  # past int()'s 4,300 digits too
+        answer = post(app, "/classify", params={"top_k": sent}, **png)
+        assert answer.status_code == 200 and len(answer.json()[0]["top_k"]) == classes, answer.text
+    below = post(app, "/classify", params={"top_k": "-" + "9" * 5000}, **png)
+    assert below.status_code == 400 and error_of(below).startswith("top_k must be at least 1"), below.text
 
 
 def test_no_request_fetches_a_url(app, monkeypatch):

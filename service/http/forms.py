@@ -5,22 +5,25 @@ Four bodies are read:
 - one image as the whole body (`Content-Type: image/png`, `image/jpeg`, ..., or `application/octet-stream`):
   the cheapest request, as Triton and TF Serving take them; the fields then come as query parameters;
 - JSON (an object of fields) or a URL-encoded form: the fields only (/models, or a mistake to name).
-Query parameters are read with every body; a field sent both there and in the body is refused. A value is read
-as JSON where it parses (`top_k=3` is the number 3) and as text otherwise, except that a text field keeps its text
-(`model=1` is the model named "1"), as BentoML's clients sent them. Nothing in a request is ever fetched: a URL
-where an image belongs is refused, not downloaded.
+Query parameters are read with every body; a field sent both there and in the body is refused. A whole-number field
+(`top_k`) is decimal digits as text (`top_k=3`) and an integer in JSON: `true`, `1e3`, `1_000`, ` 3` and `3.0` are
+refused, not read as numbers. A text field keeps its text (`model=1` is the model named "1"), or the text of a JSON
+string (`model="a"`), as BentoML's clients sent them. Nothing in a request is ever fetched: a URL where an image
+belongs is refused, not downloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import typing as t
 from dataclasses import dataclass
 
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.decode import listed, quoted
+from service.decode import LIMIT, listed, quoted
 from service.errors import InputError
 from service.http.bodies import JSON_TYPES, TOO_LARGE, TOO_SLOW, is_raw_image, parse_json
 from service.pixels import Image
@@ -35,6 +38,11 @@ DISCONNECTED = 499
 # for a photo as a part than as the whole body, several times what this one costs (bench/README.md, 'Host CPU per
 # request')
 WHOLE_BODY_BYTES = 4 * 2**20
+# a whole number as text: ASCII decimal digits (str.isdigit and int() take others: '²', '١', '1_000', ' 3')
+WHOLE = re.compile(r"-?[0-9]+", re.ASCII)
+# a whole number of more digits is read as 10**18: more than any model's classes, which top_k gives at most (int()
+# refuses a text of over 4,300 digits)
+MOST_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,10 @@ async def parse(request: Request, spec: Spec) -> Parsed:
         if spec.images:
             how += f" or one image as the whole body ({RAW_HINT})"
         raise InputError(415, f"unsupported body type {quoted(media_type)}: {how}; {spec.accepted()}")
+    values = {name: _checked(spec, name, sent[name]) if name in sent else f.default for name, f in spec.fields.items()}
     if spec.images and not images:
         raise InputError(400, f"no images: send {spec.describe('images')}, or one image as the whole body "
                               f"({RAW_HINT})")  # fmt: skip
-    values = {name: _checked(spec, name, sent[name]) if name in sent else f.default for name, f in spec.fields.items()}
     return Parsed(images, values)
 
 
@@ -229,17 +237,29 @@ def _check_names(spec: Spec, names: t.Iterable[str], files: set[str]) -> None:
 
 
 def _checked(spec: Spec, name: str, value: t.Any) -> t.Any:
-    """A plain field's value as its type: text read as JSON where it parses (a text field keeps its text)."""
+    """A plain field's value as its type. Text (a form field, a query parameter, a JSON string): a whole number if it
+    is decimal digits; for a text field, itself, or the text of a JSON string. Any other JSON value: itself."""
     kind = spec.fields[name].kind
-    if isinstance(value, str):
+    if isinstance(value, str) and kind is int and WHOLE.fullmatch(value):
+        sign, digits = (-1 if value.startswith("-") else 1), value.lstrip("-").lstrip("0") or "0"
+        return sign * (int(digits) if len(digits) <= MOST_DIGITS else 10**MOST_DIGITS)
+    if isinstance(value, str) and kind is str:
         try:
             parsed = parse_json(value, "a form value")
         except ValueError:
             parsed = value
-        value = value if kind is str and not isinstance(parsed, str) else parsed
-    if type(value) is kind:  # bool is not a whole number, nor 3.0 text
+        return parsed if isinstance(parsed, str) else value
+    if type(value) is kind:  # a JSON value; bool is not a whole number, nor 3.0
         return value
-    raise InputError(400, f"field '{name}' must be {spec.describe(name)}, got {quoted(value)}")
+    raise InputError(400, f"field '{name}' must be {spec.describe(name)}, got {_shown(value)}")
+
+
+def _shown(value: t.Any) -> str:
+    """A refused value as it was sent, cut as `quoted` cuts: text quoted, a JSON value in JSON (`true`, not True)."""
+    if isinstance(value, str):
+        return quoted(value)
+    text = json.dumps(value)
+    return text if len(text) <= LIMIT else f"{text[:LIMIT]}... ({len(text)} characters)"
 
 
 def _not_a_file(name: str, how: str) -> InputError:
