@@ -324,6 +324,30 @@ def test_bodies_over_their_bound_are_refused(app):
     assert error_of(raw) == "the body is over 100000 bytes, the limit (limits.max_image_bytes)"
 
 
+def test_too_many_images_are_413_whichever_parser_reads_the_body(app):
+    """More image parts than `max_images_per_request` get the 413 of too many images, from the whole-body reader and
+    from Starlette's streaming one (a body without a length here), which stopped at its own 1,000 files with a 400
+    "Too many files" (issue 31) and now stops spooling at the first part past the limit."""
+    for count, streamed_refusal in [
+        (5000, (413, "more than 5 file parts; the limit is 4 images a request")),
+        (6, (413, "more than 5 file parts; the limit is 4 images a request")),
+        (5, (413, "5 images; the limit is 4 a request")),
+    ]:
+        request = httpx.Request("POST", "http://x/classify", files=[("images", ("a.png", b"x", "image/png"))] * count)
+        body, headers = request.read(), {"content-type": request.headers["content-type"]}
+        whole = post(app, "/classify", content=body, headers=headers)
+        assert whole.status_code == 413 and error_of(whole) == f"{count} images; the limit is 4 a request", whole.text
+        streamed = post(app, "/classify", content=iter([body]), headers=headers)  # no length: read as it streams
+        assert (streamed.status_code, error_of(streamed)) == streamed_refusal, streamed.text
+    # four images and a file part under another name: that part is named, streamed or not
+    request = httpx.Request("POST", "http://x/classify", files=[("images", ("a.png", b"x", "image/png"))] * 4
+                            + [("image", ("b.png", b"x", "image/png"))])  # fmt: skip
+    body, headers = request.read(), {"content-type": request.headers["content-type"]}
+    for content in (body, iter([body])):
+        misnamed = post(app, "/classify", content=content, headers=headers)
+        assert misnamed.status_code == 400 and "unknown field 'image'" in error_of(misnamed), misnamed.text
+
+
 def test_the_decoding_budget_is_given_back_after_answers_and_refusals(app):
     budget = app.engine.budget
     assert budget.used == 0

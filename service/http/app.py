@@ -86,4 +86,5 @@ def build(config: ServingConfig, description: str = "") -> Starlette:
         exception_handlers={InputError: refused, HTTPException: http_error, Exception: failed},
     )
     app.state.engine = None
+    app.state.limits = config.limits  # a streamed form's file parts are bounded before the engine is there
     return app

@@ -38,6 +38,8 @@ DISCONNECTED = 499
 # for a photo as a part than as the whole body, several times what this one costs (bench/README.md, 'Host CPU per
 # request')
 WHOLE_BODY_BYTES = 4 * 2**20
+# Starlette's message when a streamed body has more file parts than `max_files` (starlette 1.10)
+TOO_MANY_FILES = "Too many files"
 # a whole number as text: ASCII decimal digits (str.isdigit and int() take others: '²', '١', '1_000', ' 3')
 WHOLE = re.compile(r"-?[0-9]+", re.ASCII)
 # a whole number of more digits is read as 10**18: more than any model's classes, which top_k gives at most (int()
@@ -148,12 +150,18 @@ async def _form_items(request: Request, media_type: str) -> list[tuple[str, str 
     length = request.headers.get("content-length", "")
     if media_type == "multipart/form-data" and length.isdigit() and int(length) <= WHOLE_BODY_BYTES:
         return multipart(await _body(request), request.headers["content-type"])
+    most = request.app.state.limits.max_images_per_request
     try:
-        form = await request.form()
+        # spooling stops a part past the most images a request may have: one more is still read, so that the images
+        # of a body with one more are counted as in a whole body, or a file part under another name is named
+        form = await request.form(max_files=most + 1)
     except ClientDisconnect:
         raise _cut_short(request) from None
     except Exception as e:  # noqa: BLE001 - Starlette's HTTPException(400) and the multipart parser's errors
-        raise InputError(400, f"the body is not valid {media_type}: {getattr(e, 'detail', e)}") from None
+        why = str(getattr(e, "detail", e))
+        if why.startswith(TOO_MANY_FILES):  # too many images, as from a whole body: 413, not Starlette's 400
+            raise InputError(413, f"more than {most + 1} file parts; the limit is {most} images a request") from None
+        raise InputError(400, f"the body is not valid {media_type}: {why}") from None
     return list(form.multi_items())
 
 
