@@ -385,6 +385,19 @@ def test_every_answer_fits_the_openapi_document(app):
     assert {p["name"] for p in document["paths"]["/classify"]["post"]["parameters"]} == {"top_k", "model"}
 
 
+def test_the_document_bounds_the_images_and_top_k(app, config):
+    """/docs.json says what the routes refuse: at least one image and at most limits.max_images_per_request (4 here),
+    top_k at least 1 (without a maximum: more than a model's classes gives them all)."""
+    document = app.get("/docs.json").json()
+    for route in ("/classify", "/ensemble"):
+        operation = document["paths"][route]["post"]
+        form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        assert (form["images"]["minItems"], form["images"]["maxItems"]) == (1, config.limits.max_images_per_request)
+        [query] = [p["schema"] for p in operation["parameters"] if p["name"] == "top_k"]
+        for top_k in (form["top_k"], query):
+            assert top_k["type"] == "integer" and top_k["minimum"] == 1 and "maximum" not in top_k, top_k
+
+
 def test_a_worker_still_starting_answers_503(config):
     with TestClient(http_app.build(config)) as client:
         response = client.post("/classify", content=encoded(RED), headers={"content-type": "image/png"})

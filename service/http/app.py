@@ -60,7 +60,7 @@ def failed(request: Request, e: Exception) -> Response:
 
 def build(config: ServingConfig, description: str = "") -> Starlette:
     """The app for `config`; its `state.engine` is None until the worker sets it."""
-    document = json.dumps(openapi.document(description, config.auth)).encode()
+    document = json.dumps(openapi.document(description, config.auth, config.limits)).encode()
     index = page("classifier").encode()
 
     async def docs(request: Request) -> Response:

@@ -12,7 +12,7 @@ import typing as t
 
 from pydantic import BaseModel
 
-from service.config import Auth
+from service.config import Auth, Limits
 from service.http import keys
 from service.http.answers import Classification, EnsembleClassification
 from service.http.forms import RAW_HINT, Spec
@@ -92,11 +92,12 @@ def _field_schema(spec: Spec, name: str) -> dict[str, t.Any]:
     return schema
 
 
-def _operation(spec: Spec, summary: str, answer: type[BaseModel] | None) -> dict[str, t.Any]:
+def _operation(spec: Spec, summary: str, answer: type[BaseModel] | None, limits: Limits) -> dict[str, t.Any]:
     fields = {name: _field_schema(spec, name) for name in spec.fields}
     operation: dict[str, t.Any] = {"summary": summary, "operationId": spec.path.strip("/")}
     if spec.images:
         images = {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "minItems": 1, "maxItems": limits.max_images_per_request,
                   "description": "the images: one multipart file part each, all named 'images'"}  # fmt: skip
         form = {"type": "object", "properties": {"images": images, **fields}, "required": ["images"],
                 "additionalProperties": False}  # fmt: skip
@@ -130,19 +131,19 @@ def _health(summary: str) -> dict[str, t.Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}}
 
 
-def document(description: str, auth: Auth | None) -> dict[str, t.Any]:
-    """The whole document; with `auth`, the two ways to send a key and each protected route's 401 (Swagger UI then
-    shows an Authorize button)."""
+def document(description: str, auth: Auth | None, limits: Limits) -> dict[str, t.Any]:
+    """The whole document, `limits` bounding the images of a request; with `auth`, the two ways to send a key and each
+    protected route's 401 (Swagger UI then shows an Authorize button)."""
     schemas: dict[str, t.Any] = {"Error": ERROR_SCHEMA, "Models": MODELS_SCHEMA}
     for model in (Classification, EnsembleClassification):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    models = _operation(MODELS, "Every served model and ensemble", None)
+    models = _operation(MODELS, "Every served model and ensemble", None, limits)
     paths: dict[str, t.Any] = {
-        "/classify": {"post": _operation(CLASSIFY, "Classify each image with one model", Classification)},
+        "/classify": {"post": _operation(CLASSIFY, "Classify each image with one model", Classification, limits)},
         "/ensemble": {
-            "post": _operation(ENSEMBLE, "Classify each image with an ensemble's vote", EnsembleClassification)
+            "post": _operation(ENSEMBLE, "Classify each image with an ensemble's vote", EnsembleClassification, limits)
         },  # fmt: skip
         "/models": {"get": {**models, "operationId": "models"}, "post": {**models, "operationId": "models_post"}},
         "/livez": _health("The worker is alive"),

@@ -13,7 +13,8 @@ from service.engine import Engine
 from service.errors import InputError
 from service.http.forms import Field, Spec, parse
 
-TOP_K = Field(int, 5, "how many of the most probable labels to return per image (at least 1)")
+TOP_K = Field(int, 5, "how many of the most probable labels to return per image (at least 1; more than the "
+                      "model's classes gives them all)")  # fmt: skip
 CLASSIFY = Spec("/classify", {"top_k": TOP_K, "model": Field(str, None, "a served model's name (GET /models)")})
 ENSEMBLE = Spec("/ensemble", {
     "ensemble": Field(str, "default", "an ensemble named in serving.yaml"),
