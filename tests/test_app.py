@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import threading
 import warnings
@@ -534,6 +535,41 @@ def test_a_large_multipart_body_streams_through_starlettes_parser_to_the_same_an
     monkeypatch.setattr(forms, "WHOLE_BODY_BYTES", 10)  # every body is "large" now
     streamed = post(app, "/classify", files=files, data={"top_k": "2"})
     assert whole.status_code == streamed.status_code == 200 and whole.json() == streamed.json()
+
+
+def test_a_clients_malformed_bodies_cannot_flood_the_log(app, caplog, monkeypatch):
+    """python-multipart logs a WARNING for each malformed body Starlette's streaming parser gives it (issue 31: about
+    2,000 in an attack run). At most 10 a minute get through, then one line says the rest are held back, and the first
+    line of a later minute comes after one that counts them."""
+    from service.http import log_limit
+
+    [limit] = [f for f in logging.getLogger("python_multipart.multipart").filters if isinstance(f, log_limit.AtMost)]
+    now = [1000.0]
+    for name, value in (("clock", lambda: now[0]), ("started", now[0]), ("passed", 0), ("held", 0)):
+        monkeypatch.setattr(limit, name, value)
+    caplog.set_level(logging.INFO)
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+
+    def malformed(times: int) -> list[logging.LogRecord]:
+        caplog.clear()
+        for _ in range(times):  # no length: Starlette's parser reads it
+            response = post(app, "/classify", content=iter([b"garbage" * 10]), headers=headers)
+            assert response.status_code == 400 and "Invalid multipart data" in error_of(response), response.text
+        return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    lines = malformed(30)
+    assert [r.name for r in lines] == ["python_multipart.multipart"] * 10 + ["service"], [r.name for r in lines]
+    held = "the rest of this minute's are counted, not logged"
+    assert (
+        lines[-1].getMessage()
+        == f"python_multipart.multipart logged 10 WARNING lines this minute (malformed bodies from clients); {held}"
+    )
+    now[0] += 59
+    assert malformed(5) == []
+    now[0] += 2
+    lines = malformed(1)
+    assert [r.name for r in lines] == ["service", "python_multipart.multipart"], [r.name for r in lines]
+    assert lines[0].getMessage() == "python_multipart.multipart: 25 more WARNING lines held back in the minute before"
 
 
 def _asgi(app, method: str, path: str, headers: list, chunks: list[bytes], ends: bool = False) -> tuple[dict, dict]:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from service.config import ServingConfig
 from service.errors import InputError
-from service.http import openapi, routes
+from service.http import log_limit, openapi, routes
 from service.http.bodies import BodiesMiddleware
 from service.http.page import page
 
@@ -60,6 +60,7 @@ def failed(request: Request, e: Exception) -> Response:
 
 def build(config: ServingConfig, description: str = "") -> Starlette:
     """The app for `config`; its `state.engine` is None until the worker sets it."""
+    log_limit.install()  # a client's malformed bodies write at most a few WARNING lines a minute
     document = json.dumps(openapi.document(description, config.auth, config.limits)).encode()
     index = page("classifier").encode()
 
