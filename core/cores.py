@@ -61,9 +61,12 @@ def _quota(folder: Path, v2: bool) -> float | None:
     return int(quota) / int(period)
 
 
-def cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
-    """CPUs' worth of time the cgroups of this process grant it (the smallest quota on its path), or None."""
-    text = _read(proc_cgroup)
+def cpu_quota(root: Path | None = None, proc_cgroup: Path | None = None) -> float | None:
+    """CPUs' worth of time the cgroups of this process grant it (the smallest quota on its path), or None.
+    `root` and `proc_cgroup` default to CGROUP_ROOT and PROC_CGROUP, read at each call (tests point them at a
+    folder of cgroup files of their own)."""
+    root = root or CGROUP_ROOT
+    text = _read(proc_cgroup or PROC_CGROUP)
     if text is None:  # not Linux
         return None
     quotas = []

@@ -1,5 +1,6 @@
-"""core/cores.py: the cores a CPU quota leaves this process, read from cgroup files as the kernel writes them,
-and a real cgroup with a quota of one CPU, in which ONNX Runtime's sessions get one thread.
+"""core/cores.py: the cores a CPU quota leaves this process, read from cgroup files as the kernel writes them
+(cgroup v1 and v2, in a temporary folder, on any machine), and, where this machine lets a test make one (cgroup
+v1, root), a real cgroup with a quota of one CPU, in which ONNX Runtime's sessions get one thread.
 
 Torch-free: runs in .ci/serving-pythons too.
 """
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core import cores
 from core.cores import affinity, cpu_quota, session_threads, usable_cores
+from service.rows import default_workers
+from service.runtime import Graph
 from tests.tiny_onnx import tiny_graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +59,44 @@ def test_v1_quota_and_a_container_whose_path_is_not_under_its_mount(tmp_path):
     write(root / "cpu,cpuacct" / "docker" / "abc", cpu__cfs_quota_us="50000", cpu__cfs_period_us="100000")
     assert cpu_quota(root, proc) == 0.5
     assert cpu_quota(root, tmp_path / "no-such-file") is None
+
+
+def pod(tmp_path: Path, version: str, cpus: float) -> None:
+    """A container's cgroup files as the kernel shows them inside a Kubernetes pod limited to `cpus` CPUs (the
+    limit is on the pod's cgroup; the container's own has none), written under tmp_path, and core.cores pointed
+    at them."""
+    root, path, quota = tmp_path / "cgroup", "/kubepods/pod1/app", str(round(cpus * 100_000))
+    if version == "v2":
+        write(root, cgroup__controllers="cpuset cpu io memory hugetlb pids rdma misc", cpu__max="max 100000")
+        write(root / "kubepods" / "pod1", cpu__max=f"{quota} 100000")
+        write(root / "kubepods" / "pod1" / "app", cpu__max="max 100000")
+        proc = f"0::{path}\n"
+    else:
+        mount = root / "cpu,cpuacct"
+        write(mount, cpu__cfs_quota_us="-1", cpu__cfs_period_us="100000")
+        write(mount / "kubepods" / "pod1", cpu__cfs_quota_us=quota, cpu__cfs_period_us="100000")
+        write(mount / "kubepods" / "pod1" / "app", cpu__cfs_quota_us="-1", cpu__cfs_period_us="100000")
+        write(root / "memory")
+        proc = f"5:memory:{path}\n3:cpu,cpuacct:{path}\n0::{path}\n"
+    (tmp_path / "self-cgroup").write_text(proc)
+    cores.CGROUP_ROOT, cores.PROC_CGROUP = root, tmp_path / "self-cgroup"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_fractional_cpu_limit_is_rounded_down_wherever_cores_are_counted(tmp_path, monkeypatch, version):
+    """A pod limited to 1.5 CPUs on a node of 4: one session thread and one decoding process, as `usable_cores`
+    promises (the quota rounded down, at least 1; docs/deployment.md): two threads would share 1.5 CPUs' worth of
+    time and be throttled. 2.5 CPUs: two. The service, the offline command and each session count the same way."""
+    monkeypatch.setattr(cores, "CGROUP_ROOT", cores.CGROUP_ROOT)  # restored after pod() points them elsewhere
+    monkeypatch.setattr(cores, "PROC_CGROUP", cores.PROC_CGROUP)
+    monkeypatch.setattr(cores, "affinity", lambda: 4)
+    graph = tiny_graph(tmp_path / "a.onnx", seed=1)
+    for cpus, expected in ((1.5, 1), (2.5, 2)):
+        pod(tmp_path, version, cpus)
+        assert cpu_quota() == cpus
+        assert usable_cores() == expected and default_workers() == expected
+        assert session_threads(1) == Graph(str(graph), "cpu").cpu_threads == expected  # not 0: ONNX Runtime's own
+        assert session_threads(2) == 1
 
 
 def test_without_a_quota_the_cores_are_the_affinity_and_onnx_runtime_chooses():
