@@ -27,7 +27,7 @@ its next request on one at that moment gets a reset (before this module, stoppin
 requests of 32 kept-alive clients).
 Here the first SIGTERM starts a drain instead: /readyz answers 503 (so a load balancer or Kubernetes stops sending),
 every answer carries `Connection: close` (so each client's connection ends after its answer, cleanly), and uvicorn's
-own graceful shutdown starts once no request has started for `QUIET_S`, or after `connections.drain_s` at most.
+own graceful shutdown starts once no request has been in flight for `QUIET_S`, or after `connections.drain_s` at most.
 
 Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
 `uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `data_received`, `handle_events` (which sets
@@ -57,7 +57,7 @@ from core.errors import exit_with
 from service import patches
 
 logger = logging.getLogger("service")
-QUIET_S = 1.0  # no request started for this long: the clients have gone elsewhere
+QUIET_S = 1.0  # no request in flight for this long: the clients have gone elsewhere
 # a refused connection's request is never read; closed with it unread, the kernel would reset the connection, and a
 # client that had not yet read its 503 would see the reset instead: the connection is half-closed at once and closed
 # when the client closes, or after this long
@@ -73,7 +73,8 @@ FILES_KEPT = 256
 
 class _State:
     draining = False
-    last_request = 0.0
+    in_flight = 0  # requests begun and not yet answered (health checks during the drain aside)
+    last_request = 0.0  # when the latest of them ended, or the drain began
     at_cap = False  # the cap was reached and said so, and the worker has not fallen to half of it since
 
 
@@ -207,13 +208,13 @@ def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> 
 def _exit_when_quiet(handle_exit: t.Callable, server: t.Any, sig: int, frame: t.Any, drain_s: float) -> None:
     deadline = time.monotonic() + drain_s
     STATE.last_request = max(STATE.last_request, time.monotonic())
-    while time.monotonic() < deadline and time.monotonic() - STATE.last_request < QUIET_S:
+    while time.monotonic() < deadline and (STATE.in_flight or time.monotonic() - STATE.last_request < QUIET_S):
         time.sleep(0.05)
     handle_exit(server, sig, frame)
 
 
 class DrainMiddleware:
-    """While draining: /readyz answers 503, and every answer closes its connection."""
+    """Counts the requests in flight; while draining, /readyz answers 503 and every answer closes its connection."""
 
     def __init__(self, app: t.Any) -> None:
         self.app = app
@@ -221,20 +222,24 @@ class DrainMiddleware:
     async def __call__(self, scope: dict, receive: t.Callable, send: t.Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if not STATE.draining:
-            return await self.app(scope, receive, send)
-        if scope["path"] == "/readyz":
+        if STATE.draining and scope["path"] == "/readyz":
             body = {"error": "shutting down"}
             return await JSONResponse(body, 503, {"Connection": "close"})(scope, receive, send)
-        STATE.last_request = time.monotonic()
+        STATE.in_flight += 1
+        try:
+            if not STATE.draining:
+                return await self.app(scope, receive, send)
 
-        async def closing(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
+            async def closing(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                await send(message)
 
-        await self.app(scope, receive, closing)
+            await self.app(scope, receive, closing)
+        finally:
+            STATE.in_flight -= 1
+            STATE.last_request = time.monotonic()
 
 
 @patches.checks("service/connections.py")

@@ -255,27 +255,45 @@ def test_a_worker_past_its_connection_cap_answers_503_and_says_so_once(store, pn
     assert "Traceback" not in text and "[ERROR]" not in text, text[-4000:]
 
 
+# an upload the drain test holds open: the body it promises never comes until the test closes it
+DRAINING = SERVING.replace("body_timeout_s: 3, drain_s: 20", "body_timeout_s: 60, drain_s: 60")
+
+
+def _until(check, seconds: float, what: str) -> None:
+    """Poll `check` until it holds; fail naming `what` after `seconds` (a passing run returns at once)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_instead_of_resetting_kept_alive_connections(store, tmp_path):
     """On SIGTERM /readyz answers 503 at once, kept-alive connections keep being answered, each answer with
-    Connection: close, and the server exits once no request has come for a second."""
-    env = {**store, "LOG_PATH": str(tmp_path / "log")}
+    Connection: close, while any request is in flight, and the server exits once none has been for a second.
+
+    No sleep orders it: an upload begun before SIGTERM (its `Expect: 100-continue` answered, so the service is
+    reading its body) and left unfinished keeps the drain open however slowly the other requests come; the test
+    then closes it, and the server exits."""
+    (tmp_path / "serving.yaml").write_text(DRAINING)
+    env = {**store, "SERVING_CONFIG": str(tmp_path / "serving.yaml"), "LOG_PATH": str(tmp_path / "log")}
     out = io.BytesIO()
     Image.new("RGB", (28, 28), "white").save(out, "PNG")
     file = [("images", ("d.png", out.getvalue(), "image/png"))]
     with serving([], env) as (url, proc):
         assert proc.poll() is None, (tmp_path / "log").read_text()[-4000:]
-        with httpx.Client(timeout=30) as client:  # one kept-alive connection
-            assert client.post(f"{url}/classify", files=file).headers.get("connection") != "close"
+        host, port = url.removeprefix("http://").split(":")
+        with httpx.Client(timeout=30) as client, socket.create_connection((host, int(port)), timeout=60) as upload:
+            assert client.post(f"{url}/classify", files=file).headers.get("connection") != "close"  # kept alive
+            upload.sendall(f"POST /classify HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Type: "
+                           "multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n".encode())  # fmt: skip
+            assert upload.recv(1024).startswith(b"HTTP/1.1 100 "), "the upload's body was never asked for"
             os.killpg(proc.pid, signal.SIGTERM)
-            time.sleep(0.3)
-            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
-            answers = []
-            for _ in range(5):
-                answers.append(client.post(f"{url}/classify", files=file))  # a new connection after each close
-                time.sleep(0.1)
+            _until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 503, 30, "/readyz answered no 503")
+            answers = [client.post(f"{url}/classify", files=file) for _ in range(5)]  # a new connection each
+            assert proc.poll() is None  # the upload is still in flight: the drain goes on
         assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
         assert all(a.headers["connection"] == "close" for a in answers)
-        proc.wait(60)  # quiet for a second: the drain ends, then the server
+        proc.wait(60)  # the upload's client left: a second with no request in flight ends the drain, then the server
     log = (tmp_path / "log").read_text()
     assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
 
