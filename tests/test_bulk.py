@@ -143,22 +143,37 @@ def test_a_name_that_is_not_utf8_gets_its_row_escaped_and_a_rerun_skips_it(clust
     assert len(read_parts(out)) == 2
 
 
-def _wait_for_dead_job(ray) -> None:
-    """Until Ray has marked every other driver dead (it then kills their workers): a write of the killed job
-    must not land after the rerun read what is written."""
-    from ray._private.state import jobs
+def _exited(pid: int) -> bool:
+    """The process `pid` has ended (gone, or a zombie its parent has not yet reaped): it writes nothing more."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
-    for _ in range(600):
-        if all(job["IsDead"] for job in jobs() if int(job["DriverPid"]) != os.getpid()):
-            break
+
+def _wait_for_dead_job(driver_pid: int) -> None:
+    """Until Ray has marked the job of the killed driver dead and every process that ran one of its actors (the
+    actors write the parts; Ray kills them with their job) has exited: a write of the killed job must not land
+    after the rerun read what is written. Detached actors outlive their job (Ray Data starts a few, such as its
+    _StatsActor, in the first job that uses it) and write nothing. Fails after 120 s."""
+    from ray._private.state import actors, jobs
+
+    deadline = time.monotonic() + 120
+    while True:
+        matching = [j for j in jobs() if int(j["DriverPid"]) == driver_pid]
+        if not matching:  # killed before it joined the cluster: it ran nothing
+            return
+        [job] = matching
+        owned = [a for a in actors().values() if a["JobID"] == job["JobID"] and not a["IsDetached"]]
+        writers = [a["Pid"] for a in owned if a["Pid"]]
+        if job["IsDead"] and all(_exited(pid) for pid in writers):
+            return
+        assert time.monotonic() < deadline, f"the killed job: dead {job['IsDead']}, its actors' processes {writers}"
         time.sleep(0.1)
-    time.sleep(1.0)
 
 
 @pytest.mark.slow
 def test_a_killed_job_resumes_and_every_image_is_written_once(cluster, graph, images, tmp_path):
-    import ray
-
     from service.bulk import read_parts
 
     out = tmp_path / "parts"
@@ -176,7 +191,7 @@ def test_a_killed_job_resumes_and_every_image_is_written_once(cluster, graph, im
     finally:
         output = first.communicate(timeout=60)[0]
     assert first.returncode == -signal.SIGKILL, output[-2000:]
-    _wait_for_dead_job(ray)
+    _wait_for_dead_job(first.pid)
     before = len(read_parts(out))
     assert 2 <= before < 122, output[-2000:]  # killed part-way
 
