@@ -63,7 +63,7 @@ def _base_reason() -> str | None:
 @pytest.mark.container
 @pytest.mark.skipif(DOCKER_REASON is not None, reason=f"no Docker: {DOCKER_REASON}")
 @pytest.mark.skipif(_base_reason() is not None, reason=str(_base_reason()))
-def test_container_serves_what_training_measured(store, trained_digits, digits_root):  # noqa: F811
+def test_container_serves_what_training_measured(store, trained_digits, second_onnx, digits_root):  # noqa: F811
     """make container's script on the digits model, then every check of make container-check; a checkpoint the
     image was not exported from is refused before any accuracy is compared."""
     env = {k: v for k, v in store.items() if k not in ("SERVING_CONFIG", "LOG_PATH")}
@@ -77,6 +77,6 @@ def test_container_serves_what_training_measured(store, trained_digits, digits_r
         figures = check(image, trained_digits / "best.pt", digits_root)
         assert figures["models"][0].startswith("digits-resnet18:") and figures["bad_upload"] == 415
         with pytest.raises(CheckFailed, match="no model in .* was exported from"):
-            check(image, Path(store["BENTOML_HOME"]) / "second" / "best.pt", digits_root)
+            check(image, second_onnx.with_name("best.pt"), digits_root)  # the second model's checkpoint
     finally:
         subprocess.run([docker_client(), "rmi", "-f", image], capture_output=True)
