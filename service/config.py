@@ -205,6 +205,9 @@ class ServingConfig(_Section):
     batching: Batching = Batching()
     workers: int = Field(1, ge=1)
     decoding: Decoding = Decoding()
+    # where the pixels are made (service/preprocessing.py says why these names): Pillow on the host, or the GPU
+    # backend; auto: host wherever that backend cannot run (today everywhere)
+    preprocessing: Literal["auto", "host", "gpu"] = "auto"
     cuda: CudaOptions = CudaOptions()
     limits: Limits = Limits()
     connections: Connections = Connections()
@@ -245,6 +248,13 @@ class ServingConfig(_Section):
             raise ValueError("gpus puts each worker on a GPU, but device is cpu: set device: cuda, or remove gpus")
         if isinstance(self.gpus, list) and "workers" in self.model_fields_set and self.workers < len(self.gpus):
             raise ValueError(few_workers(self.workers, self.gpus))
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_preprocessing(self) -> ServingConfig:
+        if self.preprocessing == "gpu" and self.device == "cpu":
+            raise ValueError("preprocessing: gpu makes the pixels on the GPU, but device is cpu: set device: cuda "
+                             "(or auto), or preprocessing: auto or host")  # fmt: skip
         return self
 
     @model_validator(mode="after")

@@ -4,11 +4,11 @@
     await engine.classify([png_bytes], "digits-resnet18", top_k=3)
     await engine.ensemble([jpeg_bytes], "default", voting="hard", top_k=5)
 
-Each request's images are decoded once (service/pixels.py: in threads or decoding processes, within the worker's
-decoding budget, service/budget.py), then merged with other requests' into one session call per model
-(service/batcher.py), and ranked or voted by service/models.py's `rank`, the code `python -m service.predict`
-and the Ray actors rank with. The engine knows nothing of HTTP: a client's mistake is an `InputError`, which the
-app (service/http/app.py) turns into a 4xx.
+Each request's images are decoded once by the worker's preprocessing backend (service/preprocessing.py; on the host,
+service/pixels.py: in threads or decoding processes, within the worker's decoding budget, service/budget.py), merged
+with other requests' into one session call per model (service/batcher.py), and ranked or voted by service/models.py's
+`rank`, the code `python -m service.predict` and the Ray actors rank with. The engine knows nothing of HTTP: a
+client's mistake is an `InputError`, which the app (service/http/app.py) turns into a 4xx.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from service.decode import quoted
 from service.errors import InputError
 from service.metrics import BATCH_IMAGES, BATCH_RUN_IMAGES, INFERENCE_SECONDS, REQUESTS, WARMUP_SECONDS
 from service.models import rank, top
-from service.pixels import Image, pixels
+from service.pixels import Image
+from service.preprocessing import Backend, Host
 from service.runtime import Graph
 
 
@@ -37,8 +38,14 @@ class Engine:
     """The served models' batchers, the decoding budget and pool, and the answers of the three routes."""
 
     def __init__(
-        self, config: ServingConfig, graphs: dict[str, tuple[str, Graph]], decoder: ProcessPoolExecutor | None = None
+        self,
+        config: ServingConfig,
+        graphs: dict[str, tuple[str, Graph]],
+        decoder: ProcessPoolExecutor | None = None,
+        backend: Backend | None = None,
     ) -> None:
+        """decoder: the worker's decoding processes (None: threads); backend: what makes the pixels (default: the
+        host's, with that decoder)."""
         self.config, self.limits = config, config.limits
         self.graphs = {name: graph for name, (_, graph) in graphs.items()}
         # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one call, and
@@ -60,6 +67,7 @@ class Engine:
         self.preprocess = {name: metadata.preprocess_of(graph.meta) for name, graph in self.graphs.items()}
         self.budget = Budget(self.limits.decode_budget_bytes, self.limits.decode_wait_ms)
         self.decoder = decoder
+        self.backend = backend or Host(decoder)
 
     @staticmethod
     def warm(graphs: dict[str, tuple[str, Graph]]) -> None:
@@ -136,8 +144,7 @@ class Engine:
         with contextlib.ExitStack() as announced:  # the models wait for these images while they decode
             for batcher in batchers:
                 announced.enter_context(batcher.incoming())
-            one_each = await pixels(images, preprocess, self.limits, self.budget, self.decoder)
-            decoded = one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+            decoded = await self.backend.batch(images, preprocess, self.limits, self.budget)
             futures = [batcher.submit(decoded) for batcher in batchers]
         try:
             return list(await asyncio.gather(*futures))

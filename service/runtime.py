@@ -148,6 +148,24 @@ class Graph:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts], axis=BATCH_AXIS.get(name, 0)) for name in self.outputs}
 
+    def run_at(self, address: int, images: int, device: str = "cuda", device_id: int = 0) -> dict[str, np.ndarray]:
+        """`run` of the uint8 [images, H, W, 3] batch that lies at `address` on `device` (a GPU backend's buffer, which
+        ONNX Runtime then reads where it is, with no copy through the host): outputs by name, `images` rows each.
+        With fixed sizes the buffer holds `run_size(images)` rows, those past `images` black (zeros): each chunk
+        runs at its size from its own place in the buffer."""
+        if not self.sizes:
+            return self.any_size.at(address, (images, *self.input_shape), device, device_id)
+        largest, row = self.sizes[-1], int(np.prod(self.input_shape))
+        parts = []
+        for start in range(0, images, largest):
+            n = min(largest, images - start)
+            size = next(s for s in self.sizes if s >= n)
+            out = self.calls[size].at(address + start * row, (size, *self.input_shape), device, device_id)
+            parts.append({name: np.take(v, range(n), axis=BATCH_AXIS.get(name, 0)) for name, v in out.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts], axis=BATCH_AXIS.get(name, 0)) for name in self.outputs}
+
     def _padded(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         n = len(pixels)
         size = next(s for s in self.sizes if s >= n)
@@ -189,6 +207,16 @@ class _Call:
         self.session.run_with_iobinding(binding)
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
 
+    def at(self, address: int, shape: tuple[int, ...], device: str, device_id: int) -> dict[str, np.ndarray]:
+        """The call on the uint8 batch of `shape` at `address` on `device` ("cuda", or "cpu" for a host buffer),
+        bound where it lies."""
+        binding = self.session.io_binding()
+        binding.bind_input("images", device, device_id, np.uint8, list(shape), address)
+        for name in self.outputs:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
+
 
 class _Captured(_Call):
     """A session that runs one batch size as a CUDA graph: ONNX Runtime replays the captured kernels, which
@@ -218,3 +246,8 @@ class _Captured(_Call):
         self.input.update_inplace(np.ascontiguousarray(pixels))
         self.session.run_with_iobinding(self.binding)
         return {name: v.numpy() for name, v in self.buffers.items()}
+
+    def at(self, address: int, shape: tuple[int, ...], device: str, device_id: int) -> dict[str, np.ndarray]:
+        # a captured graph replays its kernels on the buffers bound at capture: another address would need a copy
+        # into `self.input` on the device, which the GPU preprocessing backend (not built yet) is to make
+        raise NotImplementedError("cuda.cuda_graph sessions take their batch in their own bound buffer")

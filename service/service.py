@@ -23,7 +23,7 @@ import bentoml
 from core.cores import session_threads, usable_cores
 from core.metadata import MODEL_FILE
 from service import config as serving_config
-from service import connections, gpus, packed, port, runtime, stored, timeout
+from service import connections, gpus, packed, port, preprocessing, runtime, stored, timeout
 from service.decode import decoding_processes
 from service.engine import Engine
 from service.http import app, keys
@@ -32,7 +32,8 @@ from service.runtime import Graph
 # Before anything starts, each one line on stderr and exit status 2: a bad config; and where `bentoml serve` or
 # `bentoml build` imports the service (not in its workers, nor a plain import, which needs no model store) a
 # model missing from the store, an ensemble whose members differ in labels or input size, a graph that does not
-# open, lacks this project's metadata or cannot run on the configured device, a port in use.
+# open, lacks this project's metadata or cannot run on the configured device, `preprocessing: gpu` where it cannot
+# run (service/preprocessing.py), a port in use.
 # In a Bento the config is the one packed into it (service/packed.py).
 CONFIG = packed.load_or_exit()
 NAMES = [serving_config.model_name(tag) for tag in CONFIG.models]
@@ -43,6 +44,8 @@ TAGS = list(CONFIG.models)  # as the config names them; the versions found, wher
 if COMMAND is not None:
     # `bentoml build` may pack a GPU Bento on a machine without one: there only the graphs are checked, on the CPU
     device = CONFIG.device if COMMAND[0] == "serve" else "cpu"
+    if COMMAND[0] == "serve":  # and a Bento that preprocesses on the GPU too
+        preprocessing.choose_or_exit(CONFIG)
     TAGS = [str(entry.tag) for entry in stored.load_or_exit(CONFIG, device).values()]
     packed.pin(dict(zip(NAMES, TAGS)))  # the versions `bentoml build` packs, and the Bento then serves
     port.check()
@@ -114,7 +117,8 @@ class Classifier(_StoredModels):
                 raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
         Engine.warm(graphs)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
-        APP.state.engine = Engine(CONFIG, graphs, decoding_processes(processes))
+        decoder = decoding_processes(processes)
+        APP.state.engine = Engine(CONFIG, graphs, decoder, preprocessing.backend(preprocessing.choose(CONFIG), decoder))
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]
         threads = graph.cpu_threads or "one per core"

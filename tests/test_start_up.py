@@ -113,6 +113,14 @@ def test_cuda_without_a_gpu_stops_the_server_in_one_line(home):
     assert line.startswith("error: device: cuda, but ") and "serve with device: auto or cpu" in line, line
 
 
+def test_gpu_preprocessing_without_a_gpu_stops_the_server_in_one_line(home):
+    if gpu_present():
+        pytest.skip("this machine has a GPU")
+    line = one_line(serve(home, "preprocessing: gpu\nmodels: [good]\n"))
+    assert line.startswith("error: preprocessing: gpu, but this machine has no GPU"), line
+    assert "the GPU backend needs a GPU machine" in line, line
+
+
 def test_a_worker_that_cannot_start_stops_the_server(home, tmp_path):
     """The net under the checks: a worker whose start-up fails anyway (here ONNX Runtime, made to fail in the
     workers only, as when a GPU disappears after the check) stops the server with exit status 2; no restart."""
