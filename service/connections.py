@@ -55,6 +55,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from core.errors import exit_with
 from service import patches
+from service.errors import RETRY_AFTER_S
 
 logger = logging.getLogger("service")
 QUIET_S = 1.0  # no request in flight for this long: the clients have gone elsewhere
@@ -62,9 +63,6 @@ QUIET_S = 1.0  # no request in flight for this long: the clients have gone elsew
 # client that had not yet read its 503 would see the reset instead: the connection is half-closed at once and closed
 # when the client closes, or after this long
 LINGER_S = 1.0
-# places free as connections close (an idle one within header_timeout_s of its last answer), and a refusal costs the
-# worker little: a client may try again soon
-RETRY_AFTER_S = 1
 # the files a worker opens besides connections: 18 idle, 214 with three uploads of 64 large parts spooled to files
 # (bench/README.md, 'Attacks'). An explicit connections.max_open must leave at least this many under the limit: a
 # floor, not a bound, as each upload in flight may spool up to max_images_per_request parts (the default leaves half)

@@ -3,6 +3,10 @@ an image, the engine) and turned into its status and the body `{"error": ...}` i
 
 from __future__ import annotations
 
+# every 503 (overloaded, the decoding budget full, a worker starting or at its connection cap) says when to try again:
+# batches start within batching.max_latency_ms and connections free within seconds, so soon
+RETRY_AFTER_S = 1
+
 
 class InputError(Exception):
     """A request the service refuses, with the HTTP status and a message that names the part."""

@@ -403,6 +403,7 @@ def test_a_worker_still_starting_answers_503(config):
     with TestClient(http_app.build(config)) as client:
         response = client.post("/classify", content=encoded(RED), headers={"content-type": "image/png"})
         assert response.status_code == 503 and "still loading" in error_of(response)
+        assert response.headers["retry-after"] == "1"  # as every 503 the service gives
 
 
 def outside(html: str) -> list[str]:

@@ -356,6 +356,7 @@ def test_overload_and_timeout_answer_503_and_504_as_documented(store, png, tmp_p
         assert 503 in statuses and set(statuses) <= {200, 503}, statuses
         overloaded = next(a for a in answers if a.status_code == 503)
         assert "(batching.max_latency_ms)" in overloaded.json()["error"], overloaded.text
+        assert overloaded.headers["retry-after"] == "1"
         status, timed_out = _stalled_upload(url)
         assert status == 504, (status, timed_out)
         assert f"in {TIMEOUT_S} seconds" in timed_out["error"] or str(TIMEOUT_S) in timed_out["error"], timed_out

@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from service.config import ServingConfig
-from service.errors import InputError
+from service.errors import RETRY_AFTER_S, InputError
 from service.http import log_limit, openapi, routes
 from service.http.bodies import BodiesMiddleware
 from service.http.page import page
@@ -37,6 +37,8 @@ def refused(request: Request, e: Exception, headers: dict[str, str] | None = Non
     client sending bad requests cannot flood the log."""
     assert isinstance(e, InputError)
     logger.info("refused with %d: %s %s: %s", e.status, request.method, request.url.path, e.message)
+    if e.status == 503:  # a client, or a load balancer, may try again: say when
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     # one given before the body has all arrived closes its connection (BodiesMiddleware)
     return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
 

@@ -34,7 +34,7 @@ REFUSALS = {
     500: "an unexpected server error (a bug: the server log has the traceback)",
     503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start, or its images "
     "waited longer than limits.decode_wait_ms for room in the worker's decoding budget; or the worker is starting; or "
-    "the worker holds connections.max_open open connections (then with Retry-After, and the connection closed)",
+    "the worker holds connections.max_open open connections (then the connection is closed); with Retry-After",
     504: "not answered within the request timeout (60 s)",
 }
 ROUTE_STATUSES = {
