@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import typing as t
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -35,17 +35,15 @@ from service.runtime import Graph
 
 
 class Engine:
-    """The served models' batchers, the decoding budget and pool, and the answers of the three routes."""
+    """The served models' batchers, the decoding budget, the preprocessing backend, and the answers of the three routes."""
 
     def __init__(
         self,
         config: ServingConfig,
         graphs: dict[str, tuple[str, Graph]],
-        decoder: ProcessPoolExecutor | None = None,
         backend: Backend | None = None,
     ) -> None:
-        """decoder: the worker's decoding processes (None: threads); backend: what makes the pixels (default: the
-        host's, with that decoder)."""
+        """backend: what makes the pixels (service/preprocessing.py; default: the host's, decoding in threads)."""
         self.config, self.limits = config, config.limits
         self.graphs = {name: graph for name, (_, graph) in graphs.items()}
         # one thread runs every session call: ONNX Runtime already uses all cores (or the GPU) for one call, and
@@ -66,8 +64,7 @@ class Engine:
         self.info = {name: _info(tag, graph) for name, (tag, graph) in graphs.items()}
         self.preprocess = {name: metadata.preprocess_of(graph.meta) for name, graph in self.graphs.items()}
         self.budget = Budget(self.limits.decode_budget_bytes, self.limits.decode_wait_ms)
-        self.decoder = decoder
-        self.backend = backend or Host(decoder)
+        self.backend = backend or Host()
 
     @staticmethod
     def warm(graphs: dict[str, tuple[str, Graph]]) -> None:

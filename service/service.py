@@ -117,8 +117,8 @@ class Classifier(_StoredModels):
                 raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
         Engine.warm(graphs)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
-        decoder = decoding_processes(processes)
-        APP.state.engine = Engine(CONFIG, graphs, decoder, preprocessing.backend(preprocessing.choose(CONFIG), decoder))
+        backend = preprocessing.backend(preprocessing.choose(CONFIG), decoding_processes(processes))
+        APP.state.engine = Engine(CONFIG, graphs, backend)
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]
         threads = graph.cpu_threads or "one per core"
