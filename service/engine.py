@@ -35,7 +35,7 @@ from service.runtime import Graph
 
 
 class Engine:
-    """The served models' batchers, the decoding budget, the preprocessing backend, and the answers of the three routes."""
+    """The served models' batchers, the decoding budget, the preprocessing backend and the three routes' answers."""
 
     def __init__(
         self,
