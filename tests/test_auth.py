@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from service.client import Client, Refused
 from service.http.keys import Keys, KeysError, presented, read_keys
 from service.http.page import ASSETS
 from tests.conftest import ROOT
+from tests.stores import model_home, store_graphs
 from tests.test_app import outside
 from tests.test_service import BENTOML, free_port, serving
 from tests.tiny_onnx import tiny_graph
@@ -40,11 +40,6 @@ ensembles:
 limits: {max_image_bytes: 100000}
 auth: {api_keys_file: KEYS_FILE, protect_metrics: true}
 """
-STORE = (
-    "import sys, onnxruntime as ort\nfrom core import metadata\nfrom export.store import store_model\n"
-    "meta = metadata.decode(ort.InferenceSession(sys.argv[1]).get_modelmeta().custom_metadata_map)\n"
-    "store_model(sys.argv[1], 'tiny', meta)\n"
-)
 
 
 def _secret(folder: Path, name: str, text: str) -> None:
@@ -61,11 +56,8 @@ def _secret(folder: Path, name: str, text: str) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    graph = tiny_graph(home / "tiny.onnx")
-    stored = subprocess.run([sys.executable, "-c", STORE, str(graph)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
-    assert stored.returncode == 0, stored.stderr[-2000:]
+    env = model_home(home)
+    store_graphs(env, ("tiny", tiny_graph(home / "tiny.onnx")))
     secret = home / "secret"
     secret.mkdir()
     _secret(secret, "..v1", f"# the service's keys\n\n{KEYS[0]}\n  {KEYS[1]}  \n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from service.models import Model
 from service.predict import predict, read_rows
 from service.runtime import Graph
 from tests.oracles import eval_crop
+from tests.stores import model_home, store_graphs
 from tests.tiny_onnx import tiny_graph, tiny_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,17 +165,8 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_store_tags_and_their_ensemble_from_the_command_line(graphs, photos, tmp_path):
     """Two store entries holding the same graph vote as one model; a mismatched pair is one line, exit 2."""
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    code = (
-        "import sys, onnxruntime as ort\nfrom core import metadata\nfrom export.store import store_model\n"
-        "for name, path in zip(sys.argv[1::2], sys.argv[2::2]):\n"
-        "    meta = metadata.decode(ort.InferenceSession(path).get_modelmeta().custom_metadata_map)\n"
-        "    store_model(path, name, meta)\n"
-    )
-    pairs = ["one", graphs["a"], "same", graphs["a"], "letters", graphs["letters"]]
-    stored = subprocess.run([sys.executable, "-c", code, *map(str, pairs)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
-    assert stored.returncode == 0, stored.stderr[-2000:]
+    env = model_home(tmp_path / "bentoml")
+    store_graphs(env, ("one", graphs["a"]), ("same", graphs["a"]), ("letters", graphs["letters"]))
 
     single = cli("one", photos, "--out", tmp_path / "one.jsonl", "--top-k", "10", env=env)
     pair = cli("one+same:latest", photos, "--out", tmp_path / "pair.jsonl", "--top-k", "10", "--voting", "hard",
