@@ -37,8 +37,8 @@ class Limits(_Section):
     max_body_bytes: a request body's bytes; by default what the image limits allow (max_images_per_request images
     of max_image_bytes) plus 1 MiB for the other fields and the parts' headers. max_json_bytes: a JSON body (it
     carries no image). decode_budget_bytes: the bytes of decoded pixels and their intermediates that a worker holds
-    in flight at once; an image that would exceed it waits up to decode_wait_ms for others to finish (then 503),
-    and an image that alone exceeds it is refused (413)."""
+    in flight at once; an image that would exceed it waits in line, refused (503) once the budget has given nothing
+    back for decode_wait_ms, and an image that alone exceeds it is refused (413)."""
 
     max_images_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)

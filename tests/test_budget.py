@@ -97,3 +97,69 @@ def test_the_budget_refuses_what_never_fits_and_makes_the_rest_wait():
         assert budget.used == 300
 
     asyncio.run(scenario())
+
+
+def test_waiting_images_go_in_the_order_they_came_and_a_small_one_passes_a_large_one():
+    async def scenario() -> list[str]:
+        budget = Budget(1000, wait_ms=30_000)
+        assert budget.take(900)
+        order: list[str] = []
+
+        async def wait(cost: int, part: str) -> None:
+            await budget.wait_to_take(cost, part)
+            order.append(part)
+
+        waiting = [asyncio.ensure_future(wait(cost, part)) for cost, part in ((600, "a"), (600, "b"), (200, "c"))]
+        await asyncio.sleep(0.01)
+        assert order == []
+        budget.give_back(500)  # 600 free: room for a, or for c, not for b after a
+        await asyncio.sleep(0.01)
+        assert order == ["a"], order
+        budget.give_back(400)  # 1000 - 600 held by a: c fits, b does not
+        await asyncio.sleep(0.01)
+        assert order == ["a", "c"], order
+        budget.give_back(600)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert budget.used == 800  # b and c
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "c", "b"]
+
+
+def test_a_line_that_moves_waits_past_decode_wait_ms_and_a_stuck_one_is_refused():
+    """decode_wait_ms bounds the time without progress, not the time in line: a request of many large images on an
+    idle worker is answered however long its line (issue 31: one request of 64 x 40 MP PNGs was refused as busy)."""
+
+    async def scenario() -> None:
+        budget = Budget(1000, wait_ms=200)
+        assert budget.take(1000)
+        line = [asyncio.ensure_future(budget.wait_to_take(1000, f"image {i}")) for i in range(4)]
+        for held in range(4):  # each image is let in 150 ms after the one before: the line takes 600 ms in all
+            await asyncio.sleep(0.15)
+            budget.give_back(1000)
+            await asyncio.wait_for(line[held], 5)
+        assert budget.used == 1000
+        # nothing given back for 200 ms: refused as busy, and it holds nothing
+        with pytest.raises(InputError, match="gave nothing back for 0.2 s") as busy:
+            await budget.wait_to_take(10, "image 4")
+        assert busy.value.status == 503
+        budget.give_back(1000)
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_image_that_gives_up_waiting_holds_nothing():
+    async def scenario() -> None:
+        budget = Budget(1000, wait_ms=30_000)
+        assert budget.take(1000)
+        waiting = asyncio.ensure_future(budget.wait_to_take(500, "image 0"))
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        budget.give_back(1000)
+        await asyncio.sleep(0.01)
+        assert budget.used == 0
+
+    asyncio.run(scenario())

@@ -33,8 +33,9 @@ REFUSALS = {
     "another media type than multipart/form-data, an image, JSON or a form",
     500: "an unexpected server error (a bug: the server log has the traceback)",
     503: "overloaded: the request waited longer than batching.max_latency_ms for its batch to start, or its images "
-    "waited longer than limits.decode_wait_ms for room in the worker's decoding budget; or the worker is starting; or "
-    "the worker holds connections.max_open open connections (then the connection is closed); with Retry-After",
+    "waited for room in the worker's decoding budget while it gave nothing back for limits.decode_wait_ms; or the "
+    "worker is starting; or the worker holds connections.max_open open connections (then the connection is "
+    "closed); with Retry-After",
     504: "not answered within the request timeout (60 s)",
 }
 ROUTE_STATUSES = {
