@@ -156,12 +156,16 @@ class Connections(_Section):
     the request timeout. drain_s: on SIGTERM, the longest a worker keeps answering (readyz 503, each answer closing
     its connection) before it shuts down; 0: shut down at once. max_open: the most connections a worker holds open;
     one more is answered 503 with Retry-After and closed. By default half the worker's soft file limit (ulimit -n);
-    at most that limit less the files a worker needs besides (checked where it serves)."""
+    at most that limit less the files a worker needs besides (checked where it serves). backlog: the listening
+    socket's queue of connections not yet accepted, and so the most a worker accepts in one turn of its event loop
+    (asyncio accepts up to the backlog at once): BentoML's 2048 let a burst of 10,000 connections hold an answer for
+    up to 382 ms, 512 for up to 104 ms (bench/README.md, 'Attacks'). 512 is also nginx's default."""
 
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)
     drain_s: float = Field(10.0, ge=0)
     max_open: int | None = Field(None, ge=1)
+    backlog: int = Field(512, gt=64)  # BentoML refuses 64 or fewer
 
 
 class Auth(_Section):

@@ -92,6 +92,7 @@ ROUTES = ["/classify", "/ensemble", "/models"]
     name="classifier",
     workers=WORKERS,
     traffic={"timeout": 60},
+    backlog=CONFIG.connections.backlog,
     resources={"gpu": len(GPUS)} if GPUS else {"gpu": 1} if CONFIG.device == "cuda" else {},
     logging={"access": {"enabled": CONFIG.observability.access_log}},
     tracing={} if CONFIG.observability.tracing else {"excluded_urls": ROUTES},

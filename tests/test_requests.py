@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -208,14 +209,15 @@ def _multipart(parts: list[tuple[str, str, bytes]]) -> bytes:
 
 CAPPED = SERVING.replace(
     "header_timeout_s: 2, body_timeout_s: 3,", "header_timeout_s: 60, body_timeout_s: 60,"
-).replace("drain_s: 20}", "drain_s: 20, max_open: 8}")
+).replace("drain_s: 20}", "drain_s: 20, max_open: 8, backlog: 100}")
 
 
 def test_a_worker_past_its_connection_cap_answers_503_and_says_so_once(store, png, tmp_path):
     """connections.max_open (8 here): with 8 connections open, each answered once and then holding a request whose
     body is still coming, every further connection is answered 503 with Retry-After and the service's error body,
     without its request being read, and closed; once the 8 have closed a request is answered again; the log says
-    so in one line for the whole episode (the timeouts here are long enough for nothing else to close them)."""
+    so in one line for the whole episode (the timeouts here are long enough for nothing else to close them). The
+    listening socket has connections.backlog's queue (its Send-Q in `ss`)."""
     assert "max_open: 8" in CAPPED
     (tmp_path / "serving.yaml").write_text(CAPPED)
     log = tmp_path / "log"
@@ -224,6 +226,8 @@ def test_a_worker_past_its_connection_cap_answers_503_and_says_so_once(store, pn
     with serving([], env) as (url, proc):
         assert proc.poll() is None, log.read_text()[-4000:]
         host, port = url.removeprefix("http://").split(":")
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        assert listening[2] == "100", listening  # State Recv-Q Send-Q Local Peer
         held = [socket.create_connection((host, int(port)), timeout=30) for _ in range(8)]
         try:
             for sock in held:
