@@ -7,8 +7,8 @@ Starts `bentoml serve` (`workers: 1`, the default limits and connection settings
 answer, when the server closed the attack's connections (against their deadlines: connections.header_timeout_s
 from opening or from the last answer, connections.body_timeout_s from the request), the peak resident memory and
 open files of the worker processes (psutil, sampled every 10 ms) above their idle level, and the latency of
-ordinary requests (one 32x32 PNG, on a connection opened before the attack) sent while the attack runs. Writes
-bench/results/attacks.{json,md} and prints the table.
+ordinary requests (one 32x32 PNG, on a connection opened before the attack, from a process of its own) sent while
+the attack runs. Writes bench/results/attacks.{json,md} and prints the table.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import random
 import selectors
 import socket
@@ -445,31 +446,23 @@ def open_files(processes: list) -> int:
     return total
 
 
-def measure(url: str, workers: list, attack: Callable[[], Outcome | str], normal: bytes) -> dict[str, Any]:
-    """Run `attack`; meanwhile sample the workers' memory and open files, and send ordinary requests one after
-    another on one kept-alive connection, opened before the attack."""
+def _probe(url: str, normal: bytes, ready: Any, done: Any, results: Any) -> None:
+    """Ordinary requests one after another on one kept-alive connection, opened before `ready` is set, until `done`;
+    puts (latencies in s, statuses) on `results`. Run in a process of its own: in a thread of the attacking process it
+    waited for the GIL behind the attacks' own Python work (building a 200 MB body holds it for a tenth of a second),
+    and that wait was counted as the server's."""
     import httpx
 
-    done = threading.Event()
-    before = rss_bytes(workers)
-    peak, files = [before], [open_files(workers)]
     latencies: list[float] = []
-    statuses: list[int] = []
-
-    def sample() -> None:
-        while not done.is_set():
-            peak.append(rss_bytes(workers))
-            files.append(open_files(workers))
-            time.sleep(0.01)
-
-    client = httpx.Client(timeout=120)
-    client.post(f"{url}/classify", files=[("images", ("n.png", normal, "image/png"))])  # the connection, opened
-
-    def probe() -> None:
+    statuses: list[int | str] = []
+    files = [("images", ("n.png", normal, "image/png"))]
+    with httpx.Client(timeout=120) as client:
+        client.post(f"{url}/classify", files=files)  # the connection, opened
+        ready.set()
         while True:
             started = time.perf_counter()
             try:
-                status = client.post(f"{url}/classify", files=[("images", ("n.png", normal, "image/png"))]).status_code
+                status: int | str = client.post(f"{url}/classify", files=files).status_code
             except httpx.HTTPError as e:
                 status = type(e).__name__
             latencies.append(time.perf_counter() - started)
@@ -477,10 +470,30 @@ def measure(url: str, workers: list, attack: Callable[[], Outcome | str], normal
             if done.is_set():
                 break
             time.sleep(0.05)
+    results.put((latencies, statuses))
 
-    threads = [threading.Thread(target=sample), threading.Thread(target=probe)]
-    for thread in threads:
-        thread.start()
+
+def measure(url: str, workers: list, attack: Callable[[], Outcome | str], normal: bytes) -> dict[str, Any]:
+    """Run `attack`; meanwhile sample the workers' memory and open files, and send ordinary requests one after
+    another on one kept-alive connection, opened before the attack, from a process of their own (`_probe`)."""
+    context = multiprocessing.get_context("spawn")
+    ready, done, results = context.Event(), context.Event(), context.Queue()
+    prober = context.Process(target=_probe, args=(url, normal, ready, done, results))
+    prober.start()
+    if not ready.wait(120):
+        raise RuntimeError("the probe's first request was not answered within 120 s")
+    sampled = threading.Event()
+    before = rss_bytes(workers)
+    peak, files = [before], [open_files(workers)]
+
+    def sample() -> None:
+        while not sampled.is_set():
+            peak.append(rss_bytes(workers))
+            files.append(open_files(workers))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     started = time.perf_counter()
     try:
         outcome = attack()
@@ -488,9 +501,10 @@ def measure(url: str, workers: list, attack: Callable[[], Outcome | str], normal
         outcome = f"client error: {type(e).__name__}: {e}"
     seconds = time.perf_counter() - started
     done.set()
-    for thread in threads:
-        thread.join()
-    client.close()
+    latencies, statuses = results.get(timeout=300)
+    prober.join()
+    sampled.set()
+    sampler.join()
     outcome = outcome if isinstance(outcome, Outcome) else Outcome(outcome)
     return {"answer": outcome.answer, "closed_s": None if outcome.closed_s is None else round(outcome.closed_s, 1),
             "deadline_s": outcome.deadline_s, "late": outcome.late, "seconds": round(seconds, 2),
