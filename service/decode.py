@@ -60,15 +60,19 @@ MODE_BYTES = {
 }
 
 
-def _opened(data: bytes, part: str, limits: Limits, preprocess: dict[str, Any]) -> Image.Image:
-    """The image in `data`, its header read and checked, in JPEG's draft mode where the answer allows
-    (core/preprocess.py, `draft_request`): nothing is decoded yet."""
-    if not data:
+def _opened(data: bytes | t.BinaryIO, part: str, limits: Limits, preprocess: dict[str, Any]) -> Image.Image:
+    """The image in `data` (its bytes, or a file at its start), its header read and checked, in JPEG's draft mode
+    where the answer allows (core/preprocess.py, `draft_request`): nothing is decoded yet."""
+    # a spooled upload's size by seeking: its fileno() would roll one held in memory over to disk
+    size = len(data) if isinstance(data, bytes) else data.seek(0, 2)
+    if not isinstance(data, bytes):
+        data.seek(0)
+    if not size:
         raise InputError(400, f"{part} is empty")
-    if len(data) > limits.max_image_bytes:
-        raise InputError(413, f"{part} is {len(data)} bytes; the limit is {limits.max_image_bytes}")
+    if size > limits.max_image_bytes:
+        raise InputError(413, f"{part} is {size} bytes; the limit is {limits.max_image_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except Image.DecompressionBombError as e:
         raise InputError(413, f"{part} is too large to decode: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError):
@@ -129,6 +133,13 @@ def decode_within(
         if not take(cost):
             return cost
         return _decoded(image, part, preprocess)
+
+
+def header_cost(file: t.BinaryIO, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:
+    """`cost_of` the image in `file` (from its start), from its header alone: what decoding it would cost, known
+    before its bytes are read into memory; an InputError for a file `decode` would refuse from its header."""
+    with _opened(file, f"image {index}", limits, preprocess) as image:
+        return cost_of(image, preprocess)
 
 
 def _decoded(image: Image.Image, part: str, preprocess: dict[str, Any]) -> np.ndarray:

@@ -18,23 +18,27 @@ from starlette.datastructures import UploadFile
 
 from service.budget import Budget
 from service.config import Limits
-from service.decode import decode, decode_within
+from service.decode import decode, decode_within, header_cost
 from service.errors import InputError
 
 # an image as a request carries it: a raw body, or a multipart part (held in memory, or spooled to disk when large)
 Image = bytes | UploadFile
 
 
+def read_size(image: Image, index: int, max_bytes: int) -> int:
+    """The image's size in bytes, refused (413) over `max_bytes` before it is read into memory."""
+    size = len(image) if isinstance(image, bytes) else image.size if image.size is not None else image.file.seek(0, 2)
+    if size > max_bytes:
+        raise InputError(413, f"image {index} is {size} bytes; the limit is {max_bytes}")
+    return size
+
+
 def read(image: Image, index: int, max_bytes: int) -> bytes:
     """The image's bytes: a raw body as it is, a multipart part refused by its size before it is read into memory.
     Blocking (a part over Starlette's spooling threshold is on disk): call it off the event loop."""
+    read_size(image, index, max_bytes)
     if isinstance(image, bytes):
-        if len(image) > max_bytes:
-            raise InputError(413, f"image {index} is {len(image)} bytes; the limit is {max_bytes}")
         return image
-    size = image.size if image.size is not None else image.file.seek(0, 2)
-    if size > max_bytes:
-        raise InputError(413, f"image {index} is {size} bytes; the limit is {max_bytes}")
     image.file.seek(0)
     return image.file.read()
 
@@ -49,34 +53,42 @@ async def pixels(
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
     def first(i: int, upload: Image) -> np.ndarray | tuple[bytes | None, int]:
-        """The pixels, where this thread may decode them now (the header read once); else the cost of decoding them
-        (from the header, the image's own bytes counted) and the bytes, or None where the budget is full and the
-        part can be read again from its file after the wait."""
-        data = read(upload, i, limits.max_image_bytes)
-        taken, full = 0, False
+        """The pixels, where this thread may decode them now; else the cost of decoding them (from the header, the
+        image's own bytes counted) and the bytes, or None for a part to be read from its file after the wait."""
+        if not isinstance(upload, bytes):
+            return spooled(i, upload)
+        taken = 0
 
         def take(cost: int) -> bool:
-            nonlocal taken, full
-            cost += len(data)  # held while it decodes
+            nonlocal taken
+            cost += len(upload)  # held while it decodes
             budget.check(cost, f"image {i}")
-            if decoder is not None:
-                return False
-            if not budget.take(cost):
-                full = True
+            if decoder is not None or not budget.take(cost):
                 return False
             taken = cost
             return True
 
         try:
-            got = decode_within(data, i, limits, preprocess, take)
+            got = decode_within(read(upload, i, limits.max_image_bytes), i, limits, preprocess, take)
         finally:
             if taken:
                 budget.give_back(taken)
-        if isinstance(got, np.ndarray):
-            return got
-        # images waiting for room in the budget do not hold their bytes meanwhile: 64 parts of 10 MB each, read
-        # and waiting, took a worker 1.2 GB past its budget (issue 31); a part is on Starlette's spooled file
-        return (None if full and not isinstance(upload, bytes) else data), got + len(data)
+        return got if isinstance(got, np.ndarray) else (upload, got + len(upload))
+
+    def spooled(i: int, upload: UploadFile) -> np.ndarray | tuple[None, int]:
+        """A part of a large multipart body, in Starlette's spooled file: its cost from its header alone, its bytes
+        read only once the budget holds them. Parts waiting with their bytes took a worker 1.2 GB past its budget
+        (issue 31); parts read whole to find their cost held the threads that decode ordinary requests' images a few
+        ms apiece, 192 of them for three requests of 64 x 10 MB images (bench/README.md, 'Attacks')."""
+        size = read_size(upload, i, limits.max_image_bytes)
+        cost = header_cost(upload.file, i, limits, preprocess) + size
+        budget.check(cost, f"image {i}")
+        if decoder is not None or not budget.take(cost):
+            return None, cost
+        try:  # the bytes are the call's alone: gone when it returns, before the budget is given back
+            return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
+        finally:
+            budget.give_back(cost)
 
     async def one(i: int, upload: Image) -> np.ndarray:
         got = await asyncio.to_thread(first, i, upload)
