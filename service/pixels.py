@@ -52,9 +52,9 @@ async def pixels(
 ) -> list[np.ndarray]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
-    def first(i: int, upload: Image) -> np.ndarray | tuple[bytes | None, int]:
+    def first(i: int, upload: Image) -> np.ndarray | int:
         """The pixels, where this thread may decode them now; else the cost of decoding them (from the header, the
-        image's own bytes counted) and the bytes, or None for a part to be read from its file after the wait."""
+        image's own bytes counted), for the event loop to wait for."""
         if not isinstance(upload, bytes):
             return spooled(i, upload)
         taken = 0
@@ -73,9 +73,9 @@ async def pixels(
         finally:
             if taken:
                 budget.give_back(taken)
-        return got if isinstance(got, np.ndarray) else (upload, got + len(upload))
+        return got if isinstance(got, np.ndarray) else got + len(upload)
 
-    def spooled(i: int, upload: UploadFile) -> np.ndarray | tuple[None, int]:
+    def spooled(i: int, upload: UploadFile) -> np.ndarray | int:
         """A part of a large multipart body, in Starlette's spooled file: its cost from its header alone, its bytes
         read only once the budget holds them. Parts waiting with their bytes took a worker 1.2 GB past its budget
         (issue 31); parts read whole to find their cost held the threads that decode ordinary requests' images a few
@@ -84,28 +84,36 @@ async def pixels(
         cost = header_cost(upload.file, i, limits, preprocess) + size
         budget.check(cost, f"image {i}")
         if decoder is not None or not budget.take(cost):
-            return None, cost
+            return cost
         try:  # the bytes are the call's alone: gone when it returns, before the budget is given back
             return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
         finally:
             budget.give_back(cost)
 
-    async def one(i: int, upload: Image) -> np.ndarray:
-        got = await asyncio.to_thread(first, i, upload)
-        if isinstance(got, np.ndarray):
-            return got
-        data, cost = got
-        await budget.wait_to_take(cost, f"image {i}")
+    def held(i: int, upload: Image, cost: int) -> np.ndarray:
+        """Decode an image whose cost the budget holds, and give it back, in this thread: its bytes are gone by
+        then, and the memory trim after a large image (service/budget.py) does not stop the event loop (on it, the
+        trims after 40 MP images were 4% of the loop's time under three requests of 64 of them)."""
         try:
-            if data is None:
-                data = await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
-            if decoder is not None:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
-            return await asyncio.to_thread(decode, data, i, limits, preprocess)
+            return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
         finally:
-            del data  # the bytes go before the budget they were counted in is given back
-            budget.give_back(cost, trim=decoder is None)
+            budget.give_back(cost)
+
+    async def one(i: int, upload: Image) -> np.ndarray:
+        cost = await asyncio.to_thread(first, i, upload)
+        if isinstance(cost, np.ndarray):
+            return cost
+        await budget.wait_to_take(cost, f"image {i}")
+        if decoder is None:
+            # shielded: a request that goes away leaves the thread to finish and give the budget back itself
+            return await asyncio.shield(asyncio.to_thread(held, i, upload, cost))
+        try:
+            data = await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
+        finally:
+            data = b""  # the bytes go before the budget they were counted in is given back
+            budget.give_back(cost, trim=False)
 
     # PIL releases the GIL while decoding and resizing, but not around the rest of the Python work per
     # image: threads off the event loop use a few cores, not every core (hence decoding.processes)
