@@ -4,13 +4,20 @@ which counts the image's own bytes beside its decoded pixels and their intermedi
 Each image is read and its header checked in a thread; where the budget has room at once it is decoded in that same
 thread (one hop off the event loop an image, as before the budget existed). Otherwise the event loop waits for room
 and then decodes it, in a thread or in a decoding process (`decoding.processes`).
+
+A large image (decoding it costs over LARGE_BYTES: 7 megapixels and up, a photo's JPEG at a graph's size far below)
+is decoded in threads of their own, at a lower CPU priority (`LARGE_NICE`): an ordinary request's decoding and the
+event loop come first, so a client that sends 40-megapixel images slows the ordinary requests beside it less.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import typing as t
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,6 +30,24 @@ from service.errors import InputError
 
 # an image as a request carries it: a raw body, or a multipart part (held in memory, or spooled to disk when large)
 Image = bytes | UploadFile
+LARGE_BYTES = 64 * 2**20
+# the nice value of the threads that decode large images: on Linux a thread's own (setpriority on its thread id);
+# 10 weighs a tenth of 0 in the kernel's scheduler, so a busy core still gives an ordinary request most of its time
+LARGE_NICE = 10
+_large: ThreadPoolExecutor | None = None
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):  # not permitted (a seccomp profile): the thread keeps the worker's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_NICE)
+
+
+def large_decoding() -> ThreadPoolExecutor:
+    """The threads that decode large images, made at the first."""
+    global _large
+    if _large is None:
+        _large = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "decode-large", initializer=_lower_priority)
+    return _large
 
 
 def read_size(image: Image, index: int, max_bytes: int) -> int:
@@ -63,7 +88,7 @@ async def pixels(
             nonlocal taken
             cost += len(upload)  # held while it decodes
             budget.check(cost, f"image {i}")
-            if decoder is not None or not budget.take(cost):
+            if decoder is not None or cost > LARGE_BYTES or not budget.take(cost):
                 return False
             taken = cost
             return True
@@ -83,7 +108,7 @@ async def pixels(
         size = read_size(upload, i, limits.max_image_bytes)
         cost = header_cost(upload.file, i, limits, preprocess) + size
         budget.check(cost, f"image {i}")
-        if decoder is not None or not budget.take(cost):
+        if decoder is not None or cost > LARGE_BYTES or not budget.take(cost):
             return cost
         try:  # the bytes are the call's alone: gone when it returns, before the budget is given back
             return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
@@ -105,8 +130,10 @@ async def pixels(
             return cost
         await budget.wait_to_take(cost, f"image {i}")
         if decoder is None:
+            loop = asyncio.get_running_loop()
+            threads = large_decoding() if cost > LARGE_BYTES else None  # None: the loop's own
             # shielded: a request that goes away leaves the thread to finish and give the budget back itself
-            return await asyncio.shield(asyncio.to_thread(held, i, upload, cost))
+            return await asyncio.shield(loop.run_in_executor(threads, held, i, upload, cost))
         try:
             data = await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
             loop = asyncio.get_running_loop()

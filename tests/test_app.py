@@ -676,6 +676,33 @@ def test_images_waiting_for_the_budget_are_read_again_and_answered_alike(config,
     assert sorted(reads) == [(i, True) for i in range(4)], reads  # each part read once, after the room came
 
 
+def test_large_images_decode_in_threads_of_lower_priority_and_answer_alike(config, graphs, monkeypatch):
+    """An image whose decoding costs over LARGE_BYTES is decoded in a thread LARGE_NICE below the worker's priority
+    (the kernel's nice value of the thread itself), and gets the answer it gets decoded in place; the budget is all
+    given back."""
+    import os
+
+    from service import pixels
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[int] = []
+    monkeypatch.setattr(pixels, "decode", lambda *a, decode=pixels.decode: seen.append(nice()) or decode(*a))
+    files = [
+        ("images", (f"{i}.png", encoded(colour, size=(300, 200)), "image/png")) for i, colour in enumerate((RED, BLUE))
+    ]
+    answers = []
+    for large in (pixels.LARGE_BYTES, 0):  # the default: these are small, decoded in place; 0: every image is large
+        monkeypatch.setattr(pixels, "LARGE_BYTES", large)
+        with TestClient(http_app.build(config)) as client:
+            client.app.state.engine = engine = Engine(config, graphs)
+            answers.append(client.post("/classify", files=files).json())
+            assert engine.budget.used == 0
+    assert answers[0] == answers[1] and len(answers[1]) == 2
+    assert seen == [nice() + pixels.LARGE_NICE] * 2, seen  # decoded in the large images' threads only when large
+
+
 def app_preprocess(graphs: dict) -> dict:
     from core import metadata
 
