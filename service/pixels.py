@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from starlette.datastructures import UploadFile
 
+from core.cores import usable_cores
 from service.budget import Budget
 from service.config import Limits
 from service.decode import decode, decode_within, header_cost
@@ -46,7 +47,7 @@ def large_decoding() -> ThreadPoolExecutor:
     """The threads that decode large images, made at the first."""
     global _large
     if _large is None:
-        _large = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "decode-large", initializer=_lower_priority)
+        _large = ThreadPoolExecutor(max(2, usable_cores()), "decode-large", initializer=_lower_priority)
     return _large
 
 
