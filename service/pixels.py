@@ -78,6 +78,12 @@ async def pixels(
 ) -> list[np.ndarray]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
 
+    def here(cost: int, part: str) -> bool:
+        """Whether the thread that read an image's header decodes it now: not where decoding processes do it, nor a
+        large image (its own threads do), and only if the budget holds its cost at once; 413 if it never would."""
+        budget.check(cost, part)
+        return decoder is None and cost <= LARGE_BYTES and budget.take(cost)
+
     def first(i: int, upload: Image) -> np.ndarray | int:
         """The pixels, where this thread may decode them now; else the cost of decoding them (from the header, the
         image's own bytes counted), for the event loop to wait for."""
@@ -88,8 +94,7 @@ async def pixels(
         def take(cost: int) -> bool:
             nonlocal taken
             cost += len(upload)  # held while it decodes
-            budget.check(cost, f"image {i}")
-            if decoder is not None or cost > LARGE_BYTES or not budget.take(cost):
+            if not here(cost, f"image {i}"):
                 return False
             taken = cost
             return True
@@ -108,18 +113,12 @@ async def pixels(
         ms apiece, 192 of them for three requests of 64 x 10 MB images (bench/README.md, 'Attacks')."""
         size = read_size(upload, i, limits.max_image_bytes)
         cost = header_cost(upload.file, i, limits, preprocess) + size
-        budget.check(cost, f"image {i}")
-        if decoder is not None or cost > LARGE_BYTES or not budget.take(cost):
-            return cost
-        try:  # the bytes are the call's alone: gone when it returns, before the budget is given back
-            return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
-        finally:
-            budget.give_back(cost)
+        return held(i, upload, cost) if here(cost, f"image {i}") else cost
 
     def held(i: int, upload: Image, cost: int) -> np.ndarray:
-        """Decode an image whose cost the budget holds, and give it back, in this thread: its bytes are gone by
-        then, and the memory trim after a large image (service/budget.py) does not stop the event loop (on it, the
-        trims after 40 MP images were 4% of the loop's time under three requests of 64 of them)."""
+        """Decode an image whose cost the budget holds, and give it back, in this thread: its bytes are the call's
+        alone, gone by then, and the memory trim after a large image (service/budget.py) does not stop the event
+        loop (on it, the trims after 40 MP images were 4% of the loop's time under three requests of 64 of them)."""
         try:
             return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
         finally:
