@@ -169,3 +169,59 @@ def apply(plan: Plan, pixels: np.ndarray) -> np.ndarray:
     # [3, crop, cols read] or [3, rows read, crop] after the first pass; [3, crop, crop] after the second
     out = _rounded(_rounded(rows @ x) @ cols) if plan.vertical_first else _rounded(rows @ _rounded(x @ cols))
     return np.ascontiguousarray(out.transpose(1, 2, 0)).astype(np.uint8)
+
+
+def graph(vertical_first: bool) -> bytes:
+    """`apply`'s two passes as a serialized ONNX graph, for the device ONNX Runtime runs on (a GPU's CUDA provider):
+    inputs `pixels` uint8 [height, width, 3] (a whole decoded image: a device buffer is not cut on the host), `rows`
+    float64 [crop, height] and `cols` float64 [width, crop] (a Plan's rows and cols.T, whole); output `crop` uint8
+    [crop, crop, 3]. The columns and rows outside the spans are zero weights, which add nothing to the exact sums.
+    Float64 throughout, for the reason in the module's docstring; a plan's `vertical_first` picks the graph.
+    Built with the onnx package (a dependency of the project, not of a Bento: see service/preprocessing.py)."""
+    from onnx import TensorProto, helper
+
+    double = TensorProto.DOUBLE
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["hwc"], to=double),
+        helper.make_node("Transpose", ["hwc"], ["x"], perm=[2, 0, 1]),  # [3, height, width]
+    ]
+
+    def rounded(sums: str, out: str) -> None:  # `_rounded`: (2**21 + sum) >> 22, clipped to 0..255
+        nodes.extend([
+            helper.make_node("Add", [sums, "half"], [f"{out}_shifted"]),
+            helper.make_node("Div", [f"{out}_shifted", "one"], [f"{out}_scaled"]),
+            helper.make_node("Floor", [f"{out}_scaled"], [f"{out}_floor"]),
+            helper.make_node("Clip", [f"{out}_floor", "zero", "top"], [out]),
+        ])  # fmt: skip
+
+    if vertical_first:  # [3, crop, width], then [3, crop, crop]
+        nodes.append(helper.make_node("MatMul", ["rows", "x"], ["first_sums"]))
+        rounded("first_sums", "first")
+        nodes.append(helper.make_node("MatMul", ["first", "cols"], ["second_sums"]))
+    else:  # [3, height, crop], then [3, crop, crop]
+        nodes.append(helper.make_node("MatMul", ["x", "cols"], ["first_sums"]))
+        rounded("first_sums", "first")
+        nodes.append(helper.make_node("MatMul", ["rows", "first"], ["second_sums"]))
+    rounded("second_sums", "second")
+    nodes += [
+        helper.make_node("Transpose", ["second"], ["hwc_out"], perm=[1, 2, 0]),
+        helper.make_node("Cast", ["hwc_out"], ["crop"], to=TensorProto.UINT8),
+    ]
+    constants = [helper.make_tensor(name, double, [], [value])
+                 for name, value in (("half", HALF), ("one", ONE), ("zero", 0.0), ("top", 255.0))]  # fmt: skip
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "pillow_resize_crop",
+            [
+                helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["height", "width", 3]),
+                helper.make_tensor_value_info("rows", double, ["crop", "height"]),
+                helper.make_tensor_value_info("cols", double, ["width", "crop"]),
+            ],
+            [helper.make_tensor_value_info("crop", TensorProto.UINT8, ["crop", "crop", 3])],
+            constants,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8  # what onnxruntime 1.20 and later read
+    return model.SerializeToString()

@@ -107,3 +107,46 @@ def test_what_stays_on_the_host_path():
     assert boxed(20_000, 10, bilinear) and resample.plan(20_000, 10, bilinear) is None
     assert draft_request(500, 375, 32) is not None and resample.host_only(500, 375, bilinear)  # a JPEG draft
     assert not resample.host_only(500, 375, _settings(256, 224, "bilinear"))
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    ort = pytest.importorskip("onnxruntime")
+    return {order: ort.InferenceSession(resample.graph(order), providers=["CPUExecutionProvider"])
+            for order in (True, False)}  # fmt: skip
+
+
+def _graph_check(sessions, pixels: np.ndarray, preprocess: dict) -> bool:
+    """The graph's crop of `pixels` is Pillow's; False where the plan leaves the image to the host path."""
+    height, width = pixels.shape[:2]
+    plan = resample.plan(width, height, preprocess)
+    if plan is None:
+        return False
+    feeds = {"pixels": pixels, "rows": plan.rows, "cols": np.ascontiguousarray(plan.cols.T)}
+    [got] = sessions[plan.vertical_first].run(None, feeds)
+    expected = _expected(pixels, preprocess)
+    assert got.dtype == np.uint8 and got.shape == expected.shape, (width, height, preprocess, got.shape)
+    differ = int((got != expected).sum())
+    assert differ == 0, f"graph, {width}x{height} {preprocess}: {differ} of {got.size} values differ"
+    return True
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_onnx_graph_is_pillows_on_many_sizes_both_ways(sessions, interpolation):
+    """resample.graph, the two passes a GPU runs (ONNX Runtime's CPU provider here), against Pillow: random pixels
+    (bicubic overshoot clipped in each pass) and photo regions, many sizes in both orientations, both pass orders,
+    a crop larger than the resized image."""
+    rng = np.random.default_rng(3)
+    orders = set()
+    for (width, height), (resize, crop) in itertools.product(SIZES, [(32, 32), (36, 33), (256, 224), (24, 32)]):
+        if resize >= 200 and width * height > 300 * 900:
+            continue
+        for w, h in {(width, height), (height, width)}:
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            if _graph_check(sessions, pixels, _settings(resize, crop, interpolation)):
+                orders.add(resample.plan(w, h, _settings(resize, crop, interpolation)).vertical_first)
+    for photo in photos():
+        _graph_check(sessions, photo, _settings(232, 224, interpolation))
+        tall = np.ascontiguousarray(photo[:, : photo.shape[1] // 3])  # shrunk with the vertical pass first
+        _graph_check(sessions, tall, _settings(32, 32, interpolation))
+    assert orders == {True, False}
