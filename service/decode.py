@@ -20,6 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from core.images import to_rgb
 from core.preprocess import boxed, draft_request, prepare, resized_size
 from service.config import Limits
+
+if t.TYPE_CHECKING:
+    from service.device_pixels import DevicePixels
 from service.errors import InputError
 
 logger = logging.getLogger("service")
@@ -60,9 +63,12 @@ MODE_BYTES = {
 }
 
 
-def _opened(data: bytes | t.BinaryIO, part: str, limits: Limits, preprocess: dict[str, Any]) -> Image.Image:
+def _opened(
+    data: bytes | t.BinaryIO, part: str, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None = None
+) -> Image.Image:
     """The image in `data` (its bytes, or a file at its start), its header read and checked, in JPEG's draft mode
-    where the answer allows (core/preprocess.py, `draft_request`): nothing is decoded yet."""
+    where the answer allows (core/preprocess.py, `draft_request`): nothing is decoded yet. One that `device` takes
+    (service/device_pixels.py) is marked `on_device` and left at its full size, which is what that decoder gives."""
     # a spooled upload's size by seeking: its fileno() would roll one held in memory over to disk
     size = len(data) if isinstance(data, bytes) else data.seek(0, 2)
     if not isinstance(data, bytes):
@@ -88,8 +94,9 @@ def _opened(data: bytes | t.BinaryIO, part: str, limits: Limits, preprocess: dic
         raise InputError(
             413, f"{part} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}"
         )
+    image.on_device = device is not None and device.takes(image, preprocess)  # type: ignore[attr-defined]
     request = draft_request(width, height, int(preprocess["resize_size"]))
-    if request is not None and image.format in ("JPEG", "MPO"):
+    if request is not None and image.format in ("JPEG", "MPO") and not image.on_device:  # type: ignore[attr-defined]
         image.draft("RGB", request)
     return image
 
@@ -114,25 +121,47 @@ def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
     return pixels * (decoded + converting + 3 + buffered) + 3 * (resized + first_pass)
 
 
-def decode(data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> np.ndarray:
+def decode(
+    data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None = None
+) -> np.ndarray:
     """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
-    model's own eval resize + center crop."""
+    model's own eval resize + center crop; on `device` where it takes the image (service/device_pixels.py)."""
     part = f"image {index}"
-    with _opened(data, part, limits, preprocess) as image:
-        return _decoded(image, part, preprocess)
+    with _opened(data, part, limits, preprocess, device) as image:
+        return _made(image, data, part, limits, preprocess, device)
 
 
 def decode_within(
-    data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any], take: t.Callable[[int], bool]
+    data: bytes,
+    index: int | str,
+    limits: Limits,
+    preprocess: dict[str, Any],
+    take: t.Callable[[int], bool],
+    device: DevicePixels | None = None,
 ) -> np.ndarray | int:
     """`decode`, with the header read once: its pixels if `take(cost)` (the decoding budget) grants what decoding
     it costs, else that cost, for the caller to wait for and decode the image later."""
     part = f"image {index}"
-    with _opened(data, part, limits, preprocess) as image:
+    with _opened(data, part, limits, preprocess, device) as image:
         cost = cost_of(image, preprocess)
         if not take(cost):
             return cost
+        return _made(image, data, part, limits, preprocess, device)
+
+
+def _made(
+    image: Image.Image, data: bytes, part: str, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None
+) -> np.ndarray:
+    """The pixels, from `device` where `_opened` marked the image for it, else (or where its decoder gave up) Pillow's;
+    an image the device gives up on is opened again, so that Pillow may use the draft mode the device had left out."""
+    if not getattr(image, "on_device", False):
         return _decoded(image, part, preprocess)
+    assert device is not None
+    made = device.pixels(data, image.size, preprocess)
+    if made is not None:
+        return made
+    with _opened(data, part, limits, preprocess) as again:
+        return _decoded(again, part, preprocess)
 
 
 def header_cost(file: t.BinaryIO, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:

@@ -29,6 +29,9 @@ from service.config import Limits
 from service.decode import decode, decode_within, header_cost
 from service.errors import InputError
 
+if t.TYPE_CHECKING:
+    from service.device_pixels import DevicePixels
+
 # an image as a request carries it: a raw body, or a multipart part (held in memory, or spooled to disk when large)
 Image = bytes | UploadFile
 LARGE_BYTES = 64 * 2**20
@@ -75,8 +78,10 @@ async def pixels(
     limits: Limits,
     budget: Budget,
     decoder: ProcessPoolExecutor | None,
+    device: DevicePixels | None = None,
 ) -> list[np.ndarray]:
-    """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused."""
+    """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused. `device`: where the
+    images it takes are decoded and resized (service/device_pixels.py), in the same threads and budget."""
 
     def here(cost: int, part: str) -> bool:
         """Whether the thread that read an image's header decodes it now: not where decoding processes do it, nor a
@@ -100,7 +105,7 @@ async def pixels(
             return True
 
         try:
-            got = decode_within(read(upload, i, limits.max_image_bytes), i, limits, preprocess, take)
+            got = decode_within(read(upload, i, limits.max_image_bytes), i, limits, preprocess, take, device)
         finally:
             if taken:
                 budget.give_back(taken)
@@ -120,7 +125,7 @@ async def pixels(
         alone, gone by then, and the memory trim after a large image (service/budget.py) does not stop the event
         loop (on it, the trims after 40 MP images were 4% of the loop's time under three requests of 64 of them)."""
         try:
-            return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess)
+            return decode(read(upload, i, limits.max_image_bytes), i, limits, preprocess, device)
         finally:
             budget.give_back(cost)
 

@@ -6,9 +6,10 @@ resize size and crop box of core/preprocess.py. A backend only does the pixel wo
 
 - host: Pillow decodes, resizes and crops each image (service/pixels.py, service/decode.py), in threads or decoding
   processes, and the images are stacked on the host. The reference, and what every machine without a GPU runs.
-- gpu: nvImageCodec decoding on the GPU and core/resample.py's exact resize + crop as matrix products on it, written
-  into the input buffer ONNX Runtime binds (issue 28). Not built yet: `gpu` stops start-up (`choose_or_exit`), and
-  `auto` runs host everywhere until it is.
+- gpu: nvImageCodec decodes each JPEG it can on the worker's GPU and core/resample.py's exact resize + crop runs there
+  as an ONNX graph (service/device_pixels.py); the crop comes back to the host to be batched, and every other image
+  takes the host path. Opt-in: `auto` runs host everywhere until the GPU backend's parity and speed have been
+  measured on a GPU (issue 28; bench/gpu_check.sh). `gpu` where it cannot run stops start-up (`choose_or_exit`).
 
 The key is named `preprocessing`, not `preprocess`, because `preprocess` already means the resize and crop settings
 a graph carries (core/metadata.py, `preprocess_of`), which serving.yaml does not change; and the values say where
@@ -24,13 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from core.devices import gpu_present
+from core.devices import DeviceError, gpu_present, uses_gpu
 from core.errors import exit_with
 from service.budget import Budget
 from service.config import Limits, ServingConfig
+from service.device_pixels import DECODER_PACKAGES
 from service.pixels import Image, pixels
 
-DECODER_PACKAGE = "nvidia-nvimgcodec-cu13"  # nvImageCodec for CUDA 13, the CUDA onnxruntime-gpu 1.31 links
+if t.TYPE_CHECKING:
+    from service.device_pixels import DevicePixels
+
 DECODER_MODULE = "nvidia.nvimgcodec"
 
 
@@ -52,12 +56,24 @@ class Host:
 
     def __init__(self, decoder: ProcessPoolExecutor | None = None) -> None:
         self.decoder = decoder
+        self.device: DevicePixels | None = None
 
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
     ) -> np.ndarray:
-        one_each = await pixels(images, preprocess, limits, budget, self.decoder)
+        one_each = await pixels(images, preprocess, limits, budget, self.decoder, self.device)
         return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+
+
+class Gpu(Host):
+    """The images `device` takes (service/device_pixels.py: JPEGs) decoded and resized on it, the rest by Pillow,
+    image by image, in the host backend's threads and within its budget (no decoding processes)."""
+
+    name = "gpu"
+
+    def __init__(self, device: DevicePixels) -> None:
+        super().__init__(None)
+        self.device = device
 
 
 class PreprocessingError(Exception):
@@ -67,7 +83,7 @@ class PreprocessingError(Exception):
 def choose(config: ServingConfig) -> str:
     """The backend `config` runs here, "host" or "gpu"; a PreprocessingError for `gpu` where it cannot run."""
     if config.preprocessing in ("auto", "host"):
-        # auto: "gpu" where a GPU, the decoder and sessions on the GPU are all here, once that backend exists
+        # auto: "gpu" once bench/gpu_check.sh has measured the GPU backend's parity and speed on a GPU (issue 28)
         return "host"
     if not gpu_present():
         raise PreprocessingError(
@@ -76,12 +92,19 @@ def choose(config: ServingConfig) -> str:
         )
     if not decoder_installed():
         raise PreprocessingError(
-            f"preprocessing: gpu, but its decoder is not installed (pip install {DECODER_PACKAGE}); "
+            f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(DECODER_PACKAGES)}); "
             "serve with preprocessing: auto or host"
         )
-    raise PreprocessingError(
-        "preprocessing: gpu, but this version has no GPU backend yet (issue 28); serve with preprocessing: auto or host"
-    )
+    try:
+        on_gpu = uses_gpu(config.device)
+    except DeviceError as e:
+        raise PreprocessingError(str(e)) from None
+    if not on_gpu:
+        raise PreprocessingError(
+            f"preprocessing: gpu, but the sessions run on the CPU (device: {config.device}); "
+            "serve with device: cuda, or preprocessing: auto or host"
+        )
+    return "gpu"
 
 
 def decoder_installed() -> bool:
@@ -97,8 +120,13 @@ def choose_or_exit(config: ServingConfig) -> str:
         exit_with(str(e))
 
 
-def backend(name: str, decoder: ProcessPoolExecutor | None = None) -> Backend:
-    """The backend `choose` named, for one worker (decoder: its decoding processes, or None for threads)."""
-    if name != "host":
-        raise PreprocessingError(f"no {name} preprocessing backend in this version")
-    return Host(decoder)
+def backend(name: str, decoder: ProcessPoolExecutor | None = None, device_id: int = 0) -> Backend:
+    """The backend `choose` named, for one worker (decoder: its decoding processes, or None for threads; device_id:
+    the worker's GPU, for `gpu`, whose sessions must already be made: they load the CUDA libraries it uses)."""
+    if name == "host":
+        return Host(decoder)
+    if name == "gpu":
+        from service.device_pixels import DevicePixels
+
+        return Gpu(DevicePixels(device_id))
+    raise PreprocessingError(f"no {name} preprocessing backend")

@@ -118,7 +118,7 @@ class Classifier(_StoredModels):
                 raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
         Engine.warm(graphs)
         processes = gpus.decode_processes(CONFIG, WORKERS, cores)
-        backend = preprocessing.backend(preprocessing.choose(CONFIG), decoding_processes(processes))
+        backend = preprocessing.backend(preprocessing.choose(CONFIG), decoding_processes(processes), gpu)
         APP.state.engine = Engine(CONFIG, graphs, backend)
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]

@@ -58,15 +58,18 @@ def test_gpu_without_a_gpu_stops_start_up_in_one_line(capsys):
     assert "the GPU backend needs a GPU machine" in lines[0] and "preprocessing: auto or host" in lines[0], lines
 
 
-def test_gpu_without_the_decoder_or_the_backend_is_refused(monkeypatch):
+def test_gpu_needs_the_decoder_and_sessions_on_the_gpu(monkeypatch):
     monkeypatch.setattr(preprocessing, "gpu_present", lambda: True)
     monkeypatch.setattr(preprocessing, "DECODER_MODULE", "nvidia.no_such_decoder")
     assert not preprocessing.decoder_installed()
-    with pytest.raises(preprocessing.PreprocessingError, match="pip install nvidia-nvimgcodec-cu13"):
+    with pytest.raises(preprocessing.PreprocessingError, match="pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg"):
         preprocessing.choose(_config("preprocessing: gpu\n"))
     monkeypatch.setattr(preprocessing, "decoder_installed", lambda: True)
-    with pytest.raises(preprocessing.PreprocessingError, match="no GPU backend yet"):
+    monkeypatch.setattr(preprocessing, "uses_gpu", lambda device: device == "cuda")
+    with pytest.raises(preprocessing.PreprocessingError, match="the sessions run on the CPU"):
         preprocessing.choose(_config("preprocessing: gpu\n"))
+    assert preprocessing.choose(_config("device: cuda\npreprocessing: gpu\n")) == "gpu"
+    assert preprocessing.choose(_config("device: cuda\n")) == "host"  # auto: host until measured on a GPU
 
 
 def _png(size: tuple[int, int], seed: int) -> bytes:
@@ -87,3 +90,104 @@ def test_the_host_backend_stacks_each_images_pixels():
     expected = np.stack([decode(data, i, limits, PREPROCESS) for i, data in enumerate(images)])
     assert got.dtype == np.uint8 and got.shape == (3, 32, 32, 3) and np.array_equal(got, expected)
     assert np.array_equal(asyncio.run(batch(images[:1])), expected[:1])
+
+
+# The gpu backend's own code on the CPU: nvImageCodec's CPU decoder and the resize graph on ONNX Runtime's CPU
+# provider, bound as the GPU's buffers are. The host path (Pillow) is the reference the GPU must equal.
+ImageNet = {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear"}
+BICUBIC = {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"}
+
+
+@pytest.fixture(scope="module")
+def device():
+    pytest.importorskip("nvidia.nvimgcodec")
+    from service.device_pixels import DevicePixels
+
+    return DevicePixels(None)
+
+
+def _encoded(pixels: np.ndarray, fmt: str = "JPEG", mode: str = "RGB", **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _photos() -> list[np.ndarray]:
+    data = pytest.importorskip("skimage.data")
+    return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+
+
+def _cuts(photo: np.ndarray) -> list[np.ndarray]:
+    """A photo-sized cut each way, a tall and a wide one, and an odd small one (upscaled)."""
+    return [np.ascontiguousarray(c) for c in (photo[:375, :500], photo[:400, :300], photo[:, :90], photo[:97, :],
+                                              photo[:151, :131])]  # fmt: skip
+
+
+def test_the_device_path_on_the_cpu_is_the_host_paths_pixels(device):
+    limits = Limits()
+    taken = 0
+    for photo in _photos():
+        for cut in _cuts(photo):
+            for preprocess, options in ((ImageNet, {"quality": 90}), (BICUBIC, {"quality": 75, "subsampling": 0})):
+                data = _encoded(cut, **options)
+                with Image.open(io.BytesIO(data)) as image:
+                    assert device.takes(image, preprocess), (cut.shape, preprocess)
+                got = device.pixels(data, (cut.shape[1], cut.shape[0]), preprocess)
+                expected = decode(data, 0, limits, preprocess)
+                assert got is not None and got.dtype == np.uint8 and got.shape == expected.shape
+                assert np.array_equal(got, expected), (cut.shape, preprocess, int((got != expected).sum()))
+                assert np.array_equal(decode(data, 0, limits, preprocess, device), expected)
+                taken += 1
+    assert taken == 40
+
+
+def test_what_the_device_leaves_to_the_host(device):
+    photo = _photos()[0][:375, :500]
+    turned = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: Pillow's exif_transpose turns it
+    Image.fromarray(photo).save(turned, "JPEG", exif=exif)
+    plain_exif = io.BytesIO()
+    exif[0x0112] = 1
+    Image.fromarray(photo).save(plain_exif, "JPEG", exif=exif)
+    left = {
+        "PNG": _encoded(photo, "PNG"), "GIF": _encoded(photo, "GIF", "P"), "WebP": _encoded(photo, "WEBP"),
+        "grayscale JPEG": _encoded(photo, mode="L"), "CMYK JPEG": _encoded(photo, mode="CMYK"),
+        "progressive JPEG": _encoded(photo, progressive=True), "rotated JPEG": turned.getvalue(),
+    }  # fmt: skip
+    for name, data in left.items():
+        with Image.open(io.BytesIO(data)) as image:
+            assert not device.takes(image, ImageNet), name
+    with Image.open(io.BytesIO(_encoded(photo))) as image:
+        assert not device.takes(image, PREPROCESS)  # the host decodes it in JPEG's draft mode, at an eighth
+        assert device.takes(image, ImageNet)
+    with Image.open(plain_exif) as image:
+        assert device.takes(image, ImageNet)  # EXIF, but upright
+
+
+def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(device):
+    """A request of every kind of image: the gpu backend's batch equals the host backend's; a JPEG cut short is one
+    the device's decoder gives up on, and Pillow's refusal of it (400) is the answer either way."""
+    from service.errors import InputError
+
+    limits = Limits()
+    photo = _photos()[1]
+    images = [_encoded(photo[:375, :500]), _encoded(photo, "PNG"), _encoded(photo[:300, :200], mode="L"),
+              _encoded(photo[:200, :451], quality=60), _encoded(photo[:90, :120], "GIF", "P")]  # fmt: skip
+
+    def batch(backend, upload):
+        return asyncio.run(backend.batch(upload, ImageNet, limits, Budget(limits.decode_budget_bytes, 1000)))
+
+    gpu = preprocessing.Gpu(device)
+    assert gpu.name == "gpu"
+    assert np.array_equal(batch(gpu, images), batch(preprocessing.Host(), images))
+    cut = images[0][: len(images[0]) // 2]
+    with Image.open(io.BytesIO(cut)) as image:
+        assert device.takes(image, ImageNet)  # its header is whole
+    assert device.pixels(cut, (500, 375), ImageNet) is None
+    refusals = []
+    for backend in (gpu, preprocessing.Host()):
+        with pytest.raises(InputError) as refused:
+            batch(backend, [images[1], cut])
+        refusals.append((refused.value.status, str(refused.value)))
+    assert refusals[0] == refusals[1] and refusals[0][0] == 400 and "image 1 is truncated" in refusals[0][1], refusals

@@ -1,0 +1,129 @@
+"""The `gpu` preprocessing backend's pixel work: nvImageCodec decodes a JPEG where ONNX Runtime runs, and
+core/resample.py's graph resizes and crops it there, Pillow's pixels bit for bit (tests/test_resample.py).
+
+    device = DevicePixels(0)              # GPU 0: nvImageCodec's GPU decoders, the CUDA provider
+    device = DevicePixels(None)           # the CPU: its CPU decoder and the CPU provider (what the tests run)
+    if device.takes(image, preprocess):   # a header already read by Pillow (service/decode.py)
+        crop = device.pixels(data, image.size, preprocess)   # uint8 [crop, crop, 3] on the host, or None
+
+What it takes: a baseline JPEG of three components (Pillow's mode RGB), with no EXIF rotation, that the host path
+would not decode in JPEG's draft mode nor resize by a box (`resample.host_only`). Everything else (PNG, GIF, WebP,
+grayscale or CMYK JPEGs, progressive ones, rotated ones) stays on the host path, image by image, as does an image the
+decoder gives up on (`pixels` answers None). The host plan is unchanged: service/decode.py reads the header with
+Pillow and checks the limits, and the decoding budget counts the image as if the host decoded it.
+
+Ordering on a GPU: nvImageCodec decodes on the CUDA stream it is given and ONNX Runtime runs on the stream its CUDA
+provider is given (`user_compute_stream`); both get one stream made here, so the resize reads a finished decode.
+The crop comes back to the host (bound to "cpu"): the engine batches host arrays as it does for the host backend.
+
+Measured on the CPU only (no GPU was lent while it was written): parity with the host path, the fallbacks, and the
+binding path with "cpu" buffers. The GPU variant is what bench/gpu_check.sh checks first where a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import typing as t
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core import resample
+
+# the nvImageCodec packages for CUDA 13, the CUDA onnxruntime-gpu 1.31 links; nvJPEG is what it decodes JPEG with
+DECODER_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+class DevicePixels:
+    """Decode + resize + crop on one device: a GPU (`device_id`) or, for tests, the CPU (None)."""
+
+    def __init__(self, device_id: int | None) -> None:
+        import onnxruntime as ort
+
+        # nvImageCodec prints two lines for each image it cannot decode: a client sending broken JPEGs would write
+        # the log at will (issue 31); what it cannot decode goes to Pillow, whose refusal names the problem
+        os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
+        from nvidia import nvimgcodec
+
+        self.device_id = device_id
+        if device_id is None:
+            self.decoder = nvimgcodec.Decoder(
+                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)]
+            )
+            self.stream, self.where = 0, "cpu"
+            providers: list[Any] = ["CPUExecutionProvider"]
+        else:
+            self.stream, self.where = _cuda_stream(device_id), "cuda"
+            self.decoder = nvimgcodec.Decoder(
+                device_id=device_id,
+                backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY), nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)],
+            )
+            cuda = {"device_id": device_id, "user_compute_stream": str(self.stream)}
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        self.sessions = {
+            order: ort.InferenceSession(resample.graph(order), providers=providers) for order in (True, False)
+        }
+
+    def takes(self, image: Image.Image, preprocess: dict[str, Any]) -> bool:
+        """Whether this image (its header read, nothing decoded) is decoded here rather than by Pillow."""
+        width, height = image.size
+        if image.format != "JPEG" or image.mode != "RGB" or image.info.get("progressive"):
+            return False
+        if resample.host_only(width, height, preprocess):
+            return False
+        return "exif" not in image.info or image.getexif().get(ORIENTATION, 1) == 1
+
+    def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | None:
+        """uint8 [crop, crop, 3] of a JPEG `takes` accepted, or None where the decoder could not read it."""
+        decoded = self.decoder.decode(data, cuda_stream=self.stream)
+        if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
+            return None
+        plan = _plan(size, *_key(preprocess))
+        binding = self.sessions[plan.vertical_first].io_binding()
+        if self.where == "cpu":
+            host = np.asarray(decoded.cpu())
+            binding.bind_input("pixels", "cpu", 0, np.uint8, list(host.shape), host.ctypes.data)
+        else:
+            address = decoded.__cuda_array_interface__["data"][0]
+            binding.bind_input("pixels", "cuda", self.device_id, np.uint8, [size[1], size[0], 3], address)
+        binding.bind_cpu_input("rows", plan.rows)
+        binding.bind_cpu_input("cols", plan.cols_t)
+        binding.bind_output("crop", "cpu")
+        self.sessions[plan.vertical_first].run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+class _Plan(t.NamedTuple):
+    rows: np.ndarray
+    cols_t: np.ndarray
+    vertical_first: bool
+
+
+def _key(preprocess: dict[str, Any]) -> tuple[int, int, str]:
+    return int(preprocess["resize_size"]), int(preprocess["crop_size"]), str(preprocess["interpolation"])
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(size: tuple[int, int], resize: int, crop: int, interpolation: str) -> _Plan:
+    """The weights for one image size, kept: making them costs 0.23 ms of host CPU (500x375 to 224 px), and uploads
+    come in few sizes (a camera's, a client's resize)."""
+    settings = {"resize_size": resize, "crop_size": crop, "interpolation": interpolation}
+    plan = resample.plan(*size, settings)
+    assert plan is not None  # `takes` left the boxed resize to the host
+    return _Plan(plan.rows, np.ascontiguousarray(plan.cols.T), plan.vertical_first)
+
+
+def _cuda_stream(device_id: int) -> int:
+    """A CUDA stream on `device_id` (the CUDA runtime that onnxruntime-gpu's wheels bring, through ctypes), as the
+    integer handle nvImageCodec and ONNX Runtime's `user_compute_stream` take."""
+    runtime = ctypes.CDLL("libcudart.so.13")
+    if runtime.cudaSetDevice(ctypes.c_int(device_id)):
+        raise RuntimeError(f"cudaSetDevice({device_id}) failed")
+    stream = ctypes.c_void_p()
+    if runtime.cudaStreamCreateWithFlags(ctypes.byref(stream), ctypes.c_uint(1)):  # 1: cudaStreamNonBlocking
+        raise RuntimeError(f"cudaStreamCreateWithFlags failed on GPU {device_id}")
+    return int(stream.value or 0)
