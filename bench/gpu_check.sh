@@ -9,7 +9,9 @@
 #      real against padded images, FastAPI on the CUDA provider, model-only fp32 and fp16 by batch size;
 #   2. bench.cuda_shapes: what a change of batch shape costs one session, against a session per size, with
 #      each cuDNN algorithm search, NHWC, CUDA graphs, fp16;
-#   3. the service again with the fp16 graphs, in the first layout.
+#   3. the service again with the fp16 graphs, in the first layout;
+#   4. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
+#      host path, pixel parity and host CPU per image (needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg: stage.sh).
 #
 # On the CPU, a short run of the same steps checks the script itself:
 #   MODEL=digits DEVICE=cpu LAYOUTS="1:0 1:2" DURATION=2 CONCURRENCY="4 16" bash bench/gpu_check.sh
@@ -48,6 +50,7 @@ first_layout=${LAYOUTS%% *}
 step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --serve-fp16 --layouts "$first_layout" \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --no-fastapi --no-litserve --out "$OUT/serve_fp16"
+step gpu_preprocess 60 $PYTHON -m bench.gpu_preprocess --repeats 20 --out "$OUT/gpu_preprocess"
 tar -czf "$BACK/all.tgz" "$OUT" runs/gpu_check/*.log runs/gpu_check/*.yaml 2>/dev/null
 cp "$OUT"/machine.txt "$OUT"/*.md "$OUT"/serve_load_throughput.png "$BACK"/ 2>/dev/null
 echo "== done in $((SECONDS - start)) s; files in $BACK:"

@@ -1,0 +1,103 @@
+"""The gpu preprocessing backend against the host path: pixel parity and host CPU per image (issue 28).
+
+    python -m bench.gpu_preprocess                       # GPU 0 where there is one, else the CPU variant
+    python -m bench.gpu_preprocess --cpu --repeats 20    # the CPU variant (what tests/test_preprocessing.py runs)
+
+For JPEG cuts of the scikit-image photos (500x375 and other sizes, both orientations) at 256 -> 224 px, bilinear:
+each image's crop made by service/device_pixels.py and by the host path (Pillow, service/decode.py), the share of
+values equal and within one level, and the CPU time (process time: every thread of this process) and wall time per
+image of each, one image at a time. Writes bench/results/gpu_preprocess.{json,md} (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.common import cli, write_report
+
+PREPROCESS = {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear"}
+
+
+def images() -> list[tuple[str, bytes]]:
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        photo = Image.fromarray(getattr(data, name)()).convert("RGB")
+        for size in ((500, 375), (375, 500), (640, 427), (300, 300), (1024, 683)):
+            buf = io.BytesIO()
+            photo.resize(size).save(buf, "JPEG", quality=90)
+            out.append((f"{name}-{size[0]}x{size[1]}", buf.getvalue()))
+    return out
+
+
+def timed(make, repeats: int) -> tuple[float, float]:
+    """CPU ms and wall ms per call of `make()`, after one call to warm it."""
+    make()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        make()
+    return 1000 * (time.process_time() - cpu) / repeats, 1000 * (time.perf_counter() - wall) / repeats
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from core.devices import gpu_present
+    from service.config import Limits
+    from service.decode import decode
+    from service.device_pixels import DevicePixels
+
+    device_id = None if args.cpu or not gpu_present() else 0
+    device = DevicePixels(device_id)
+    limits = Limits()
+    rows, equal, within, total = [], 0, 0, 0
+    for name, data in images():
+        host = decode(data, name, limits, PREPROCESS)
+        made = decode(data, name, limits, PREPROCESS, device)
+        diff = np.abs(made.astype(np.int16) - host)
+        equal, within, total = equal + int((diff == 0).sum()), within + int((diff <= 1).sum()), total + diff.size
+        host_cpu, host_wall = timed(lambda d=data, n=name: decode(d, n, limits, PREPROCESS), args.repeats)
+        dev_cpu, dev_wall = timed(lambda d=data, n=name: decode(d, n, limits, PREPROCESS, device), args.repeats)
+        rows.append({"image": name, "bytes": len(data), "max_diff": int(diff.max()), "host_cpu_ms": round(host_cpu, 3),
+                     "host_wall_ms": round(host_wall, 3), "device_cpu_ms": round(dev_cpu, 3),
+                     "device_wall_ms": round(dev_wall, 3)})  # fmt: skip
+        print(rows[-1], flush=True)
+    where = "CPU (nvImageCodec's CPU decoder, the CPU provider)" if device_id is None else f"GPU {device_id}"
+    return {"device": where, "preprocess": PREPROCESS, "equal": round(equal / total, 6),
+            "within_1": round(within / total, 6), "rows": rows}  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# gpu preprocessing against the host path", "",
+        f"Device: {report['device']}; 256 -> 224 px, bilinear. Values equal: {report['equal']:.4%}; within one "
+        f"level: {report['within_1']:.4%}.", "",
+        "| image | bytes | max diff | host CPU ms | host wall ms | device CPU ms | device wall ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    lines += [f"| {r['image']} | {r['bytes']} | {r['max_diff']} | {r['host_cpu_ms']} | {r['host_wall_ms']} | "
+              f"{r['device_cpu_ms']} | {r['device_wall_ms']} |" for r in report["rows"]]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_preprocess", description=__doc__.split("\n")[0])
+    p.add_argument("--cpu", action="store_true", help="the CPU variant even where there is a GPU")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--out", default="bench/results/gpu_preprocess")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    report = run(args)
+    write_report(args.out, report, markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main, parse_args, None))
