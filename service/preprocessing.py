@@ -92,7 +92,7 @@ def choose(config: ServingConfig) -> str:
         )
     if not decoder_installed():
         raise PreprocessingError(
-            f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(DECODER_PACKAGES)}); "
+            f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(DECODER_PACKAGES)} onnx); "
             "serve with preprocessing: auto or host"
         )
     try:
@@ -108,8 +108,10 @@ def choose(config: ServingConfig) -> str:
 
 
 def decoder_installed() -> bool:
-    """Whether nvImageCodec's Python package is installed (found, not imported: importing it loads CUDA)."""
-    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec(DECODER_MODULE) is not None
+    """Whether nvImageCodec's Python package is installed (found, not imported: importing it loads CUDA), and onnx,
+    which builds the resize graph (core/resample.py; a project dependency that a Bento leaves out)."""
+    found = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec(DECODER_MODULE) is not None
+    return found and importlib.util.find_spec("onnx") is not None
 
 
 def choose_or_exit(config: ServingConfig) -> str:
