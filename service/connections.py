@@ -1,16 +1,19 @@
 """Connections that send nothing useful are closed, a worker holds at most so many, and a worker told to stop drains
 instead of resetting clients.
 
-Header timeout: uvicorn (0.54, its h11 protocol, which BentoML's workers run: httptools is not installed) closes a
-kept-alive connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection
-that sends its request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here each
-connection must complete each request's headers within `connections.header_timeout_s` of opening, or of its
-previous answer, whatever it sends meanwhile; otherwise it is closed. The deadline is not a state of h11's: an
-answer given before its request's body was read (a 405, a 404) leaves the client sending that body, and h11 starts
-the next request only once the body has ended. A timer that looked for h11's IDLE found SEND_BODY there, did
-nothing, and was never set again: one more byte of body, then the next headers a byte every 2 s, held the
-connection for as long as the client went on (issue 31). So the timer asks only whether a request's headers have
-come since it was set.
+Header timeout: uvicorn (0.55, on httptools, a dependency, or on h11 where httptools is missing) closes a kept-alive
+connection after `timeout_keep_alive` (5 s from BentoML) of silence after an answer, but a connection that sends its
+request headers a byte at a time stays open for ever (bench/README.md, 'Attacks'). Here each connection must complete
+each request's headers within `connections.header_timeout_s` of opening, or of its previous answer, whatever it
+sends meanwhile; otherwise it is closed. The deadline is not a state of the parser's: an answer given before its
+request's body was read (a 405, a 404) leaves the client sending that body, and h11 starts the next request only
+once the body has ended. A timer that looked for h11's IDLE found SEND_BODY there, did nothing, and was never set
+again: one more byte of body, then the next headers a byte every 2 s, held the connection for as long as the client
+went on (issue 31). So the timer asks only whether a request's headers have come since it was set.
+
+Head size: h11 answers 400 once a request's head passes 16 KB; httptools' parser keeps whatever it is sent until the
+headers end. Under httptools a connection that has sent over MAX_HEAD_BYTES while its next request's headers are not
+in is answered 400 and closed, as under h11.
 
 Open connections: each one holds a file, and a worker at its file limit (RLIMIT_NOFILE) can accept nothing, not
 even to refuse it: asyncio logs nothing useful and every request times out (issue 31: 19,982 connections held open
@@ -29,17 +32,20 @@ Here the first SIGTERM starts a drain instead: /readyz answers 503 (so a load ba
 every answer carries `Connection: close` (so each client's connection ends after its answer, cleanly), and uvicorn's
 own graceful shutdown starts once no request has been in flight for `QUIET_S`, or after `connections.drain_s` at most.
 
-Upstream (uvicorn 0.54), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
-`uvicorn.protocols.http.h11_impl.H11Protocol` has `connection_made`, `data_received`, `handle_events` (which sets
-`cycle` to a new object for each request whose headers are in), `on_response_complete`, `loop`, `transport`,
-`connections` (the server's set of open connections) and `cycle`. Checked against bentoml 1.4.40 (its workers run
-`uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.54.0 and h11 0.16.0. Guard: `check()` requires each
-of those names at start-up (service/patches.py). It can go when uvicorn bounds the time to a request's headers,
-caps open connections with an answer, and drains kept-alive connections on SIGTERM.
+Upstream (uvicorn 0.55), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
+each HTTP protocol (`h11_impl.H11Protocol`, `httptools_impl.HttpToolsProtocol`) has `connection_made`,
+`data_received`, `on_response_complete`, `send_400_response`, `loop`, `transport`, `connections` (the server's set of
+open connections) and `cycle`, which h11's `handle_events` and httptools' `on_headers_complete` set to a new object
+for each request whose headers are in (httptools' before the previous answer, for a pipelined request). Checked
+against bentoml 1.4.40 (its workers run `uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.55.0, h11 0.16.0
+and httptools 0.7.1. Guard: `check()` requires each of those names at start-up (service/patches.py). It can go when
+uvicorn bounds the time to a request's headers and httptools' head size, caps open connections with an answer, and
+drains kept-alive connections on SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -67,6 +73,9 @@ LINGER_S = 1.0
 # (bench/README.md, 'Attacks'). An explicit connections.max_open must leave at least this many under the limit: a
 # floor, not a bound, as each upload in flight may spool up to max_images_per_request parts (the default leaves half)
 FILES_KEPT = 256
+# the most bytes a connection may send while its next request's headers are not yet in: h11's own bound (uvicorn's
+# default), kept where uvicorn runs httptools, whose parser holds whatever it is sent
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class _State:
@@ -109,18 +118,38 @@ def refusal(cap: int) -> bytes:
     return head.encode() + body
 
 
+def protocols() -> dict[type, str]:
+    """uvicorn's HTTP protocols here, each with the method after which a request's headers are in: httptools' where
+    it is installed (a dependency: what uvicorn picks), h11's always (what it picks without httptools)."""
+    found: dict[type, str] = {H11Protocol: "handle_events"}
+    with contextlib.suppress(ImportError):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        found[HttpToolsProtocol] = "on_headers_complete"
+    return found
+
+
 def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> None:
     """Patch uvicorn in this process (a worker: it runs uvicorn after importing the service). `cap`: the most open
     connections (`max_open_or_exit`), None for no cap."""
-    if getattr(H11Protocol, "_imgclf_patched", False):
+    for protocol, headers_in in protocols().items():
+        _patch(protocol, headers_in, header_timeout_s, cap)
+    _drain(drain_s)
+
+
+def _patch(protocol: type, headers_in: str, header_timeout_s: float, cap: int | None) -> None:
+    if getattr(protocol, "_imgclf_patched", False):
         return
-    made, received = H11Protocol.connection_made, H11Protocol.data_received
-    events, complete = H11Protocol.handle_events, H11Protocol.on_response_complete
+    made, received = protocol.connection_made, protocol.data_received
+    events, complete = getattr(protocol, headers_in), protocol.on_response_complete
     answer = refusal(cap) if cap else b""
+    # h11 bounds a request's head itself (16 KB, then 400); httptools' parser keeps whatever it is sent
+    bound_head = protocol is not H11Protocol
 
     def arm(self: t.Any) -> None:
         disarm(self)
         self._imgclf_answered = self.cycle  # the request answered last (None: none yet)
+        self._imgclf_head = 0  # bytes received since, while waiting for the next request's headers
         self._imgclf_headers = self.loop.call_later(header_timeout_s, headers_too_slow, self)
 
     def disarm(self: t.Any) -> None:
@@ -162,9 +191,16 @@ def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> 
     def data_received(self: t.Any, data: bytes) -> None:
         if self._imgclf_refused:  # answered before its request: what it sends is not read
             return
+        if bound_head and self._imgclf_headers is not None and self._imgclf_head > MAX_HEAD_BYTES:
+            disarm(self)
+            return self.send_400_response(f"Request headers over {MAX_HEAD_BYTES} bytes.")
         received(self, data)
+        if self.transport.get_protocol() is not self:  # it became a WebSocket
+            disarm(self)
+        elif self._imgclf_headers is not None:  # still no headers: all of it was the head of a request
+            self._imgclf_head += len(data)
 
-    def handle_events(self: t.Any) -> None:
+    def headers_in_then(self: t.Any) -> None:
         cycle = self.cycle
         events(self)
         # a request's headers are in (a new cycle; its body has connections.body_timeout_s), or the connection
@@ -176,18 +212,25 @@ def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> 
         # set before uvicorn's own: that goes on to a request already waiting (pipelined), whose headers disarm it
         arm(self)
         complete(self)
-        if self.transport.is_closing():
+        # closed; or a request whose headers came before this answer (pipelined: httptools has its cycle already)
+        # is now under way, so the connection is not waiting for headers
+        if self.transport.is_closing() or not self.cycle.response_complete:
             disarm(self)
 
-    H11Protocol._imgclf_headers = None
-    H11Protocol._imgclf_answered = None
-    H11Protocol._imgclf_refused = False
-    H11Protocol.connection_made = connection_made
-    H11Protocol.data_received = data_received
-    H11Protocol.handle_events = handle_events
-    H11Protocol.on_response_complete = on_response_complete
-    H11Protocol._imgclf_patched = True
+    protocol._imgclf_headers = None
+    protocol._imgclf_answered = None
+    protocol._imgclf_refused = False
+    protocol._imgclf_head = 0
+    protocol.connection_made = connection_made
+    protocol.data_received = data_received
+    setattr(protocol, headers_in, headers_in_then)
+    protocol.on_response_complete = on_response_complete
+    protocol._imgclf_patched = True
 
+
+def _drain(drain_s: float) -> None:
+    if getattr(uvicorn.Server, "_imgclf_patched", False):
+        return
     handle_exit = uvicorn.Server.handle_exit
 
     def drain_then_exit(self: t.Any, sig: int, frame: t.Any) -> None:
@@ -201,6 +244,7 @@ def install(header_timeout_s: float, drain_s: float, cap: int | None = None) -> 
         return None
 
     uvicorn.Server.handle_exit = drain_then_exit
+    uvicorn.Server._imgclf_patched = True
 
 
 def _exit_when_quiet(handle_exit: t.Callable, server: t.Any, sig: int, frame: t.Any, drain_s: float) -> None:
@@ -242,14 +286,16 @@ class DrainMiddleware:
 
 @patches.checks("service/connections.py")
 def check() -> None:
-    """uvicorn still has the shape the patches above wrap."""
-    for name in ("connection_made", "data_received", "handle_events", "on_response_complete"):
-        if not callable(getattr(H11Protocol, name, None)):
-            raise patches.mismatch("service/connections.py", f"H11Protocol.{name} is gone")
-    source = inspect.getsource(H11Protocol)  # the attributes each connection sets for itself
-    for attribute in ("self.cycle = ", "self.loop = ", "self.transport", "self.connections = "):
-        if attribute not in source:
-            raise patches.mismatch("service/connections.py", f"H11Protocol no longer sets {attribute.split()[0]}")
+    """uvicorn still has the shape the patches above wrap, in each of its HTTP protocols here."""
+    for protocol, headers_in in protocols().items():
+        kind = protocol.__name__
+        for name in ("connection_made", "data_received", headers_in, "on_response_complete", "send_400_response"):
+            if not callable(getattr(protocol, name, None)):
+                raise patches.mismatch("service/connections.py", f"{kind}.{name} is gone")
+        source = inspect.getsource(protocol)  # the attributes each connection sets for itself
+        for attribute in ("self.cycle = ", "self.loop = ", "self.transport", "self.connections = "):
+            if attribute not in source:
+                raise patches.mismatch("service/connections.py", f"{kind} no longer sets {attribute.split()[0]}")
     if not callable(getattr(uvicorn.Server, "handle_exit", None)):
         raise patches.mismatch("service/connections.py", "uvicorn.Server.handle_exit is gone")
 

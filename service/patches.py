@@ -32,7 +32,7 @@ class Workaround:
 WORKAROUNDS = (
     # each one line on why the public API cannot do it
     Workaround("service/timeout.py", "BentoML's request timer outlives its request (no setting cancels it)", "check"),
-    Workaround("service/connections.py", "uvicorn has no header timeout and no drain on SIGTERM", "check"),
+    Workaround("service/connections.py", "uvicorn: no header timeout, no httptools head bound, no drain", "check"),
     Workaround("service/packed.py", "a Bento argument holding the config can only be set privately", "check"),
     Workaround("service/stored.py", "BentoML restarts a worker that cannot start for ever", "check"),
     Workaround("service/gpus.py", "BentoML gives every worker the same GPU", "check"),
