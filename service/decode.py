@@ -20,10 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from core.images import to_rgb
 from core.preprocess import boxed, draft_request, prepare, resized_size
 from service.config import Limits
+from service.errors import InputError
 
 if t.TYPE_CHECKING:
     from service.device_pixels import DevicePixels
-from service.errors import InputError
 
 logger = logging.getLogger("service")
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
@@ -128,7 +128,7 @@ def decode(
     model's own eval resize + center crop; on `device` where it takes the image (service/device_pixels.py)."""
     part = f"image {index}"
     with _opened(data, part, limits, preprocess, device) as image:
-        return _made(image, data, part, limits, preprocess, device)
+        return _made(image, data, part, preprocess, device)
 
 
 def decode_within(
@@ -146,22 +146,19 @@ def decode_within(
         cost = cost_of(image, preprocess)
         if not take(cost):
             return cost
-        return _made(image, data, part, limits, preprocess, device)
+        return _made(image, data, part, preprocess, device)
 
 
 def _made(
-    image: Image.Image, data: bytes, part: str, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None
+    image: Image.Image, data: bytes, part: str, preprocess: dict[str, Any], device: DevicePixels | None
 ) -> np.ndarray:
-    """The pixels, from `device` where `_opened` marked the image for it, else (or where its decoder gave up) Pillow's;
-    an image the device gives up on is opened again, so that Pillow may use the draft mode the device had left out."""
-    if not getattr(image, "on_device", False):
-        return _decoded(image, part, preprocess)
-    assert device is not None
-    made = device.pixels(data, image.size, preprocess)
-    if made is not None:
-        return made
-    with _opened(data, part, limits, preprocess) as again:
-        return _decoded(again, part, preprocess)
+    """The pixels, from `device` where `_opened` marked the image for it, else (or where its decoder gave up: Pillow
+    then decodes the image, or refuses it with the reason) Pillow's."""
+    if device is not None and getattr(image, "on_device", False):
+        made = device.pixels(data, image.size, preprocess)
+        if made is not None:
+            return made
+    return _decoded(image, part, preprocess)
 
 
 def header_cost(file: t.BinaryIO, index: int | str, limits: Limits, preprocess: dict[str, Any]) -> int:
