@@ -13,7 +13,7 @@ went on (issue 31). So the timer asks only whether a request's headers have come
 
 Head size: h11 answers 400 once a request's head passes 16 KB; httptools' parser keeps whatever it is sent until the
 headers end. Under httptools a connection that has sent over MAX_HEAD_BYTES while its next request's headers are not
-in is answered 400 and closed, as under h11.
+in is answered 400 (the service's error body) and closed, as under h11.
 
 Open connections: each one holds a file, and a worker at its file limit (RLIMIT_NOFILE) can accept nothing, not
 even to refuse it: asyncio logs nothing useful and every request times out (issue 31: 19,982 connections held open
@@ -34,11 +34,11 @@ own graceful shutdown starts once no request has been in flight for `QUIET_S`, o
 
 Upstream (uvicorn 0.55), what this relies on: `uvicorn.Server.handle_exit(sig, frame)` is the signal handler, and
 each HTTP protocol (`h11_impl.H11Protocol`, `httptools_impl.HttpToolsProtocol`) has `connection_made`,
-`data_received`, `on_response_complete`, `send_400_response`, `loop`, `transport`, `connections` (the server's set of
+`data_received`, `on_response_complete`, `loop`, `transport`, `connections` (the server's set of
 open connections) and `cycle`, which h11's `handle_events` and httptools' `on_headers_complete` set to a new object
 for each request whose headers are in (httptools' before the previous answer, for a pipelined request). Checked
 against bentoml 1.4.40 (its workers run `uvicorn.Server`: _bentoml_impl/worker/service.py), uvicorn 0.55.0, h11 0.16.0
-and httptools 0.7.1. Guard: `check()` requires each of those names at start-up (service/patches.py). It can go when
+and httptools 0.9.0. Guard: `check()` requires each of those names at start-up (service/patches.py). It can go when
 uvicorn bounds the time to a request's headers and httptools' head size, caps open connections with an answer, and
 drains kept-alive connections on SIGTERM.
 """
@@ -111,11 +111,18 @@ def max_open_or_exit(configured: int | None) -> int:
 
 def refusal(cap: int) -> bytes:
     """The whole answer to a connection past the cap: 503, Retry-After, the service's error body, then closed."""
-    body = json.dumps({"error": f"this worker holds its limit of {cap} open connections (connections.max_open); "
-                                f"retry in {RETRY_AFTER_S} s"}).encode()  # fmt: skip
-    head = ("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nretry-after: {RETRY_AFTER_S}\r\nconnection: close\r\n\r\n")  # fmt: skip
+    error = f"this worker holds its limit of {cap} open connections (connections.max_open); retry in {RETRY_AFTER_S} s"
+    return _answer(503, "Service Unavailable", error, f"retry-after: {RETRY_AFTER_S}\r\n")
+
+
+def _answer(status: int, reason: str, error: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"{extra}connection: close\r\n\r\n")  # fmt: skip
     return head.encode() + body
+
+
+HEAD_REFUSAL = _answer(400, "Bad Request", f"the request's headers are over {MAX_HEAD_BYTES} bytes")
 
 
 def protocols() -> dict[type, str]:
@@ -166,7 +173,6 @@ def _patch(protocol: type, headers_in: str, header_timeout_s: float, cap: int | 
             self.transport.close()
 
     def refuse(self: t.Any) -> None:
-        self._imgclf_refused = True
         if not STATE.at_cap:
             STATE.at_cap = True
             logger.warning(
@@ -174,7 +180,14 @@ def _patch(protocol: type, headers_in: str, header_timeout_s: float, cap: int | 
                 "is answered 503 and closed; said again once half of them have closed",
                 cap,
             )
-        self.transport.write(answer)
+        answer_and_close(self, answer)
+
+    def answer_and_close(self: t.Any, whole: bytes) -> None:
+        """Answer without reading what the client sends (or sent): half-closed at once, closed when the client
+        closes or after LINGER_S. Closed with unread bytes at once, the kernel would reset the connection and the
+        client could lose the answer before reading it."""
+        self._imgclf_refused = True
+        self.transport.write(whole)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
@@ -191,14 +204,15 @@ def _patch(protocol: type, headers_in: str, header_timeout_s: float, cap: int | 
     def data_received(self: t.Any, data: bytes) -> None:
         if self._imgclf_refused:  # answered before its request: what it sends is not read
             return
-        if bound_head and self._imgclf_headers is not None and self._imgclf_head > MAX_HEAD_BYTES:
-            disarm(self)
-            return self.send_400_response(f"Request headers over {MAX_HEAD_BYTES} bytes.")
         received(self, data)
         if self.transport.get_protocol() is not self:  # it became a WebSocket
             disarm(self)
         elif self._imgclf_headers is not None:  # still no headers: all of it was the head of a request
             self._imgclf_head += len(data)
+            # the parser holds at most MAX_HEAD_BYTES and one read (asyncio's, 256 KiB) before this
+            if bound_head and self._imgclf_head > MAX_HEAD_BYTES:
+                disarm(self)
+                answer_and_close(self, HEAD_REFUSAL)
 
     def headers_in_then(self: t.Any) -> None:
         cycle = self.cycle
@@ -289,7 +303,7 @@ def check() -> None:
     """uvicorn still has the shape the patches above wrap, in each of its HTTP protocols here."""
     for protocol, headers_in in protocols().items():
         kind = protocol.__name__
-        for name in ("connection_made", "data_received", headers_in, "on_response_complete", "send_400_response"):
+        for name in ("connection_made", "data_received", headers_in, "on_response_complete"):
             if not callable(getattr(protocol, name, None)):
                 raise patches.mismatch("service/connections.py", f"{kind}.{name} is gone")
         source = inspect.getsource(protocol)  # the attributes each connection sets for itself

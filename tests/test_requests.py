@@ -144,22 +144,23 @@ def test_a_connection_that_sends_nothing_useful_is_closed(server):
 
 
 def test_a_request_head_past_16_kb_is_answered_400_and_closed(server):
-    """Header lines sent without end, 64 KB at once: answered 400 and closed, as h11 does (uvicorn's httptools parser
-    would hold them all; service/connections.py bounds them), not left to the header timeout."""
+    """Header lines sent without end, 64 KB of them, a line at a time and all at once (one read for the server):
+    answered 400 and closed, as h11 does (uvicorn's httptools parser would hold them all; service/connections.py
+    bounds them), not left to the header timeout."""
     host, port = server.removeprefix("http://").split(":")
-    line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        answer = b""
-        try:
-            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
-            for _ in range(64):
-                sock.sendall(line)
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except OSError:  # reset once it closed: what it answered first is in `answer`
-            pass
-    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
-    assert answer.endswith(b"Request headers over 16384 bytes."), answer[-300:]  # the bound's, not the timer's
+    start, line = b"POST /classify HTTP/1.1\r\nHost: x\r\n", b"X-Filler: " + b"a" * 1000 + b"\r\n"
+    for pieces in ([start, *[line] * 64], [start + line * 64]):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            answer = b""
+            try:
+                for piece in pieces:
+                    sock.sendall(piece)
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except OSError:  # reset once it closed: what it answered first is in `answer`
+                pass
+        assert answer.startswith(b"HTTP/1.1 400"), (len(pieces), answer[:300])
+        assert answer.endswith(b'{"error": "the request\'s headers are over 16384 bytes"}'), answer[-300:]
 
 
 def _answer(sock: socket.socket) -> bytes:
