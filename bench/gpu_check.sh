@@ -11,7 +11,8 @@
 #      each cuDNN algorithm search, NHWC, CUDA graphs, fp16;
 #   3. the service again with the fp16 graphs, in the first layout;
 #   4. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
-#      host path, pixel parity and host CPU per image (needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg: stage.sh).
+#      host path, pixel parity and host CPU per image (needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg: stage.sh);
+#   5. on a GPU, the service on JPEGs with `preprocessing: gpu`, one worker and four.
 #
 # On the CPU, a short run of the same steps checks the script itself:
 #   MODEL=digits DEVICE=cpu LAYOUTS="1:0 1:2" DURATION=2 CONCURRENCY="4 16" bash bench/gpu_check.sh
@@ -51,6 +52,12 @@ step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVI
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --no-fastapi --no-litserve --out "$OUT/serve_fp16"
 step gpu_preprocess 60 $PYTHON -m bench.gpu_preprocess --repeats 20 --out "$OUT/gpu_preprocess"
+if [ "$DEVICE" = cuda ]; then
+  # shellcheck disable=SC2086
+  step serve_gpu_preprocess 120 $PYTHON -m bench.serve_load --models "$MODEL" --device cuda --preprocessing gpu \
+    --images jpeg --layouts 1:0 4:0 --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 \
+    --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi --no-litserve --out "$OUT/serve_gpu_preprocess"
+fi
 tar -czf "$BACK/all.tgz" "$OUT" runs/gpu_check/*.log runs/gpu_check/*.yaml 2>/dev/null
 cp "$OUT"/machine.txt "$OUT"/*.md "$OUT"/serve_load_throughput.png "$BACK"/ 2>/dev/null
 echo "== done in $((SECONDS - start)) s; files in $BACK:"

@@ -5,8 +5,9 @@
 
 For JPEG cuts of the scikit-image photos (500x375 and other sizes, both orientations) at 256 -> 224 px, bilinear:
 each image's crop made by service/device_pixels.py and by the host path (Pillow, service/decode.py), the share of
-values equal and within one level, and the CPU time (process time: every thread of this process) and wall time per
-image of each, one image at a time. Writes bench/results/gpu_preprocess.{json,md} (or --out).
+values equal and within one level, whether 8 threads calling the device at once get the same crops, and the CPU
+time (process time: every thread of this process) and wall time per image of each, one image at a time. Writes
+bench/results/gpu_preprocess.{json,md} (or --out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -67,16 +69,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "host_wall_ms": round(host_wall, 3), "device_cpu_ms": round(dev_cpu, 3),
                      "device_wall_ms": round(dev_wall, 3)})  # fmt: skip
         print(rows[-1], flush=True)
+    # the service calls the device from its decoding threads at once: the same images from 8 threads, 4 times over,
+    # must give what they gave one at a time
+    serial = {name: decode(data, name, limits, PREPROCESS, device) for name, data in images()}
+    with ThreadPoolExecutor(8) as threads:
+        jobs = [(name, threads.submit(decode, data, name, limits, PREPROCESS, device))
+                for _ in range(4) for name, data in images()]  # fmt: skip
+        concurrent_same = sum(np.array_equal(job.result(), serial[name]) for name, job in jobs)
     where = "CPU (nvImageCodec's CPU decoder, the CPU provider)" if device_id is None else f"GPU {device_id}"
     return {"device": where, "preprocess": PREPROCESS, "equal": round(equal / total, 6),
-            "within_1": round(within / total, 6), "rows": rows}  # fmt: skip
+            "within_1": round(within / total, 6), "concurrent_same": f"{concurrent_same} of {len(jobs)}",
+            "rows": rows}  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# gpu preprocessing against the host path", "",
         f"Device: {report['device']}; 256 -> 224 px, bilinear. Values equal: {report['equal']:.4%}; within one "
-        f"level: {report['within_1']:.4%}.", "",
+        f"level: {report['within_1']:.4%}. From 8 threads at once, the same crops as one at a time: "
+        f"{report['concurrent_same']}.", "",
         "| image | bytes | max diff | host CPU ms | host wall ms | device CPU ms | device wall ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip

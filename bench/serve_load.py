@@ -76,6 +76,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", default="photos", choices=["photos", "jpeg", "small"],
                    help="500x375 photos as JPEG and PNG, the JPEGs alone, or 32x32 PNGs")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--preprocessing", default="auto", choices=["auto", "host", "gpu"],
+                   help="serving.yaml preprocessing: where pixels are made (gpu: --device cuda)")  # fmt: skip
     p.add_argument("--max-latency-ms", type=int, default=60000, help="the shedding bound in serving.yaml")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--gpus", help="gpus in serving.yaml (all, or ids such as 0,1); a layout of 0 workers then "
@@ -111,6 +113,7 @@ def serving_yaml(name: str, args: argparse.Namespace, workers: int, processes: i
         f"cuda: {{cudnn_conv_algo_search: {args.conv_algo_search}, prefer_nhwc: {str(args.prefer_nhwc).lower()}, "
         f"cuda_graph: {str(args.cuda_graph).lower()}}}\n"
         f"observability: {{access_log: {str(not args.no_access_log).lower()}, tracing: {str(args.tracing).lower()}}}\n"
+        f"preprocessing: {args.preprocessing}\n"
     )
 
 

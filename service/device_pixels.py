@@ -16,8 +16,14 @@ Ordering on a GPU: nvImageCodec decodes on the CUDA stream it is given and ONNX 
 provider is given (`user_compute_stream`); both get one stream made here, so the resize reads a finished decode.
 The crop comes back to the host (bound to "cpu"): the engine batches host arrays as it does for the host backend.
 
-Measured on the CPU only (no GPU was lent while it was written): parity with the host path, the fallbacks, and the
-binding path with "cpu" buffers. The GPU variant is what bench/gpu_check.sh checks first where a GPU is lent.
+Threads: a worker's decoding threads call `pixels` together, and nvImageCodec 0.9's decoder, called from 8 threads at
+once, crashed the process ("pure virtual method called", 2 runs of 3 on the CPU): decoding holds a lock, the resize
+graph (an ONNX Runtime session, safe to run from threads) does not. Whether one decode at a time keeps a worker's GPU
+busy is for the GPU measurement to say.
+
+Measured on the CPU only (no GPU was lent while it was written): parity with the host path, the fallbacks, the calls
+from many threads, and the binding path with "cpu" buffers. The GPU variant is what bench/gpu_check.sh checks where a
+GPU is lent (bench/gpu_preprocess.py, then the service with `preprocessing: gpu`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 import typing as t
 from typing import Any
 
@@ -50,6 +57,7 @@ class DevicePixels:
         from nvidia import nvimgcodec
 
         self.device_id = device_id
+        self.decoding = threading.Lock()
         if device_id is None:
             self.decoder = nvimgcodec.Decoder(
                 device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)]
@@ -79,7 +87,8 @@ class DevicePixels:
 
     def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | None:
         """uint8 [crop, crop, 3] of a JPEG `takes` accepted, or None where the decoder could not read it."""
-        decoded = self.decoder.decode(data, cuda_stream=self.stream)
+        with self.decoding:  # one decode at a time: from several threads at once, nvImageCodec 0.9 crashed the process
+            decoded = self.decoder.decode(data, cuda_stream=self.stream)
         if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
             return None
         plan = _plan(size, *_key(preprocess))

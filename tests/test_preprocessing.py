@@ -191,3 +191,16 @@ def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(devi
             batch(backend, [images[1], cut])
         refusals.append((refused.value.status, str(refused.value)))
     assert refusals[0] == refusals[1] and refusals[0][0] == 400 and "image 1 is truncated" in refusals[0][1], refusals
+
+
+def test_the_device_is_called_from_many_threads_at_once(device):
+    """The worker's decoding threads call the device together: without its lock, nvImageCodec's decoder called from
+    8 threads at once crashed the process ("pure virtual method called")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = Limits()
+    cuts = [_encoded(cut) for photo in _photos()[:2] for cut in _cuts(photo)[:3]]
+    expected = [decode(data, 0, limits, ImageNet) for data in cuts]
+    with ThreadPoolExecutor(8) as threads:
+        got = list(threads.map(lambda data: decode(data, 0, limits, ImageNet, device), cuts * 8))
+    assert all(np.array_equal(g, expected[i % len(cuts)]) for i, g in enumerate(got))
