@@ -204,3 +204,40 @@ def test_the_device_is_called_from_many_threads_at_once(device):
     with ThreadPoolExecutor(8) as threads:
         got = list(threads.map(lambda data: decode(data, 0, limits, ImageNet, device), cuts * 8))
     assert all(np.array_equal(g, expected[i % len(cuts)]) for i, g in enumerate(got))
+
+
+def test_the_routes_answer_the_same_through_the_gpu_backend(device, tmp_path, monkeypatch):
+    """The in-process app with the engine on the gpu backend (its CPU variant) against the same app on the host
+    backend, a 224-px graph: the same JSON for JPEG photos (multipart and as the whole body), a PNG, a grayscale
+    JPEG, and the same 400 for a JPEG cut short."""
+    from starlette.testclient import TestClient
+
+    from service.engine import Engine
+    from service.http import app as http_app
+    from service.runtime import Graph
+    from tests.tiny_onnx import tiny_graph
+
+    config = _config("ensembles:\n  default: {members: [a]}\n")
+    graphs = {"a": ("a:v1", Graph(tiny_graph(tmp_path / "a.onnx", 0, crop_size=224, resize_size=256), "cpu", 1))}
+    photos = _photos()
+    jpegs = [_encoded(photos[0][:375, :500]), _encoded(photos[2][:300, :400], quality=70)]
+    others = [_encoded(photos[1][:200, :300], "PNG"), _encoded(photos[3][:250, :250], mode="L")]
+    made, pixels = [], device.pixels
+    monkeypatch.setattr(device, "pixels", lambda *args: made.append(args[1]) or pixels(*args))
+    answers = []
+    for backend in (preprocessing.Gpu(device), preprocessing.Host()):
+        app = http_app.build(config)
+        with TestClient(app) as client:
+            app.state.engine = Engine(config, graphs, backend)
+            files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(jpegs + others)]
+            got = [
+                client.post("/classify", files=files),
+                client.post("/classify?top_k=3", content=jpegs[0], headers={"content-type": "image/jpeg"}),
+                client.post("/ensemble", files=files[:2]),
+                client.post("/classify", files=[files[2], ("images", ("cut.jpg", jpegs[1][:3000], "image/jpeg"))]),
+            ]
+            answers.append([(r.status_code, r.json()) for r in got])
+    assert [status for status, _ in answers[0]] == [200, 200, 200, 400], answers[0]
+    assert answers[0] == answers[1]
+    # the JPEGs of the first three requests, and the cut one, which the device gave up on and Pillow refused
+    assert sorted(made) == [(400, 300)] * 3 + [(500, 375)] * 3, made  # in whatever order the threads took them
