@@ -94,10 +94,14 @@ class DevicePixels:
         plan = _plan(size, *_key(preprocess))
         binding = self.sessions[plan.vertical_first].io_binding()
         if self.where == "cpu":
-            host = np.asarray(decoded.cpu())
+            host = np.ascontiguousarray(decoded.cpu())
             binding.bind_input("pixels", "cpu", 0, np.uint8, list(host.shape), host.ctypes.data)
         else:
-            address = decoded.__cuda_array_interface__["data"][0]
+            interface = decoded.__cuda_array_interface__
+            # the graph reads rows packed one after another: a pitched buffer (rows padded) goes to Pillow instead
+            if interface.get("strides") not in (None, (size[0] * 3, 3, 1)):
+                return None
+            address = interface["data"][0]
             binding.bind_input("pixels", "cuda", self.device_id, np.uint8, [size[1], size[0], 3], address)
         binding.bind_cpu_input("rows", plan.rows)
         binding.bind_cpu_input("cols", plan.cols_t)
