@@ -117,8 +117,10 @@ class Classifier(_StoredModels):
             except Exception as e:
                 raise RuntimeError(f"cannot load model '{entry.tag}' from {path}: {e}") from e
         Engine.warm(graphs)
-        processes = gpus.decode_processes(CONFIG, WORKERS, cores)
-        backend = preprocessing.backend(preprocessing.choose(CONFIG), decoding_processes(processes), gpu)
+        chosen = preprocessing.choose(CONFIG)
+        # the gpu backend decodes in the worker's threads: decoding processes would only idle beside it
+        processes = gpus.decode_processes(CONFIG, WORKERS, cores) if chosen == "host" else 0
+        backend = preprocessing.backend(chosen, decoding_processes(processes), gpu)
         APP.state.engine = Engine(CONFIG, graphs, backend)
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]
