@@ -207,10 +207,10 @@ def _patch(protocol: type, headers_in: str, header_timeout_s: float, cap: int | 
         received(self, data)
         if self.transport.get_protocol() is not self:  # it became a WebSocket
             disarm(self)
-        elif self._imgclf_headers is not None:  # still no headers: all of it was the head of a request
+        elif bound_head and self._imgclf_headers is not None:  # still no headers: all of it was a request's head
             self._imgclf_head += len(data)
             # the parser holds at most MAX_HEAD_BYTES and one read (asyncio's, 256 KiB) before this
-            if bound_head and self._imgclf_head > MAX_HEAD_BYTES:
+            if self._imgclf_head > MAX_HEAD_BYTES:
                 disarm(self)
                 answer_and_close(self, HEAD_REFUSAL)
 
