@@ -29,6 +29,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ import numpy as np
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
-from service.files import Decoded, decode_chunk, list_images, shown_path
+from service.device_pixels import DevicePixels
+from service.files import Decoded, decode_chunk, decode_files, list_images, shown_path
 from service.models import Model
+from service.preprocessing import choose_for
 from service.rows import Summary, batches, check_settings, rows
 
 PART_GLOB = "part-*.parquet"
@@ -150,17 +153,25 @@ class Classify:
     summary row."""
 
     def __init__(self, spec: str, voting: str, weights: list[float] | None, device: str, batch_size: int,
-                 cpu_threads: int, top_k: int, probabilities: bool, out: str, limits: Limits):  # fmt: skip
+                 cpu_threads: int, top_k: int, probabilities: bool, out: str, limits: Limits,
+                 preprocessing: str = "host"):  # fmt: skip
+        """preprocessing: "gpu" to decode and resize the files' JPEGs on the actor's GPU (service/device_pixels.py),
+        and the rest with Pillow, in `cpu_threads` threads of the actor."""
+        on_device = choose_for(preprocessing, device) == "gpu"  # the actor's node may differ from the driver's
         self.model = Model.load(spec, voting, weights, device, batch_size, cpu_threads)
         self.batch_size, self.limits, self.out = batch_size, limits, out
         self.k, self.probabilities = min(top_k, len(self.model.labels)), probabilities
+        # Ray gives an actor its GPU as device 0 (CUDA_VISIBLE_DEVICES); made after the sessions, which load CUDA
+        self.device = DevicePixels(0) if on_device else None
+        self.threads = ThreadPoolExecutor(cpu_threads, "decode") if on_device else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         node = _node()
         if "pixels" in batch:
             decoded, decode_nodes = _decoded(batch), list(batch["decode_node"])
         else:
-            decoded = decode_chunk(list(batch["path"]), self.limits, self.model.preprocess)
+            paths, preprocess = list(batch["path"]), self.model.preprocess
+            decoded = list(decode_files(paths, preprocess, self.limits, self.threads, device=self.device))
             decode_nodes = [node] * len(decoded)
         table: list[dict[str, Any]] = []
         for part in batches(decoded, self.batch_size, self.model.input_shape):
@@ -184,12 +195,18 @@ class Layout:
     decode_tasks: bool
 
 
-def layout(cpus: int, gpus: int, actors: int | None = None, decode_tasks: bool | None = None) -> Layout:
-    """Where GPUs exist, one actor a GPU and the CPUs decode in tasks (Ray's batch-inference layout). On CPUs
-    only, every core runs an actor that decodes and classifies: decoding is most of the work there, and an
-    actor that decodes its own files saves each image a trip through the object store and each call a hand-off
-    between two pools (bench/README.md, "On Ray Data", has both layouts' costs). `decode_tasks` forces the split
-    on CPUs (tests)."""
+def layout(
+    cpus: int, gpus: int, actors: int | None = None, decode_tasks: bool | None = None, on_device: bool = False
+) -> Layout:
+    """Where GPUs exist, one actor a GPU and the CPUs decode in tasks (Ray's batch-inference layout); with the GPU
+    preprocessing backend (`on_device`) each GPU's actor decodes its own files, on its GPU where it can and in
+    threads on its share of the CPUs otherwise. On CPUs only, every core runs an actor that decodes and classifies:
+    decoding is most of the work there, and an actor that decodes its own files saves each image a trip through the
+    object store and each call a hand-off between two pools (bench/README.md, "On Ray Data", has both layouts'
+    costs). `decode_tasks` forces the split on CPUs (tests)."""
+    if gpus and on_device:
+        pool = actors or gpus
+        return Layout(pool, max(1, cpus // pool), 1, False)
     if gpus:
         return Layout(actors or gpus, 0, 1, True)
     pool = actors or max(cpus, 1)
@@ -291,10 +308,12 @@ def predict_on_ray(
     actors: int | None = None,
     rows_per_file: int = ROWS_PER_FILE,
     decode_tasks: bool | None = None,
+    preprocessing: str = "auto",
 ) -> BulkSummary:
     """Classify every image file of `inputs` on Ray Data and write Parquet parts into the folder `out`,
     skipping the paths parts already there hold. `actors`: the size of the classifying pool (default: one
-    per GPU, or one per CPU on a cluster without GPUs); `decode_tasks`: see `layout`."""
+    per GPU, or one per CPU on a cluster without GPUs); `decode_tasks`: see `layout`; `preprocessing`: where the
+    pixels are made (service/preprocessing.py), `gpu` on the cluster's GPUs."""
     start = time.perf_counter()
     inputs = list(inputs)
     paths = list_images(inputs)
@@ -308,6 +327,10 @@ def predict_on_ray(
         raise UserError(f"--part-rows must be at least 1, got {rows_per_file}")
     if actors is not None and actors < 1:
         raise UserError(f"--actors must be at least 1, got {actors}")
+    if preprocessing not in ("auto", "host", "gpu"):
+        raise UserError(f"preprocessing must be auto, host or gpu, got {preprocessing!r}")
+    if preprocessing == "gpu" and device == "cpu":
+        raise UserError("--preprocessing gpu makes the pixels on the GPU, but --device is cpu: use --device cuda")
     address = ray_address(address)
     try:
         import pyarrow  # noqa: F401
@@ -326,7 +349,11 @@ def predict_on_ray(
         gpus = gpus_in_cluster() if device != "cpu" else 0
         if device == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
-        plan = layout(cpus_in_cluster(), gpus, actors, decode_tasks)
+        if preprocessing == "gpu" and not gpus:
+            raise UserError("--preprocessing gpu: the Ray cluster has no GPU; use --preprocessing auto or host")
+        # auto stays on the host until the GPU backend is measured on a GPU (service/preprocessing.py, choose_for)
+        on_device = preprocessing == "gpu"
+        plan = layout(cpus_in_cluster(), gpus, actors, decode_tasks, on_device)
         # a part is one actor call: at most rows_per_file rows, and at least 4 calls an actor, so that a small job
         # still spreads over every actor
         part = max(1, min(rows_per_file, -(-len(todo) // (4 * plan.actors))))
@@ -337,7 +364,7 @@ def predict_on_ray(
             ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": local.preprocess, "limits": limits,
                                 "shape": local.input_shape}, batch_size=DECODE_CHUNK, num_cpus=1)  # fmt: skip
         actor = (model, voting, weights, "cuda" if gpus else "cpu", batch_size, max(1, int(plan.actor_cpus)), top_k,
-                 probabilities, str(out.absolute()), limits)  # fmt: skip
+                 probabilities, str(out.absolute()), limits, "gpu" if on_device else "host")  # fmt: skip
         ds = ds.map_batches(
             Classify,
             fn_constructor_args=actor,

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import stat
+import typing as t
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
 from service.decode import InputError, decode
+
+if t.TYPE_CHECKING:
+    from service.device_pixels import DevicePixels
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,15 @@ def read_regular(path: str | bytes | Path, name: str, limit: int) -> bytes:
     return data
 
 
-def decode_file(path: str | bytes | Path, limits: Limits, preprocess: dict[str, Any]) -> Decoded:
+def decode_file(
+    path: str | bytes | Path, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None = None
+) -> Decoded:
     """One file -> Decoded; never raises for a bad file (or a folder that could not be listed): a bulk job lists
-    it and goes on."""
+    it and goes on. `device`: where the images it takes are decoded and resized (service/device_pixels.py)."""
     name = shown_path(path)
     try:
         data = read_regular(path, name, limits.max_image_bytes)
-        return Decoded(name, pixels=decode(data, name, limits, preprocess))
+        return Decoded(name, pixels=decode(data, name, limits, preprocess, device))
     except InputError as e:
         return Decoded(name, error=e.message)
     except OSError as e:
@@ -131,31 +137,35 @@ def decode_file(path: str | bytes | Path, limits: Limits, preprocess: dict[str, 
         return Decoded(name, error=f"image {name} cannot be decoded: {type(e).__name__}: {e}")
 
 
-def decode_chunk(paths: Sequence[str | Path], limits: Limits, preprocess: dict[str, Any]) -> list[Decoded]:
+def decode_chunk(
+    paths: Sequence[str | Path], limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None = None
+) -> list[Decoded]:
     """Several files at once: what a decoding process runs per task, so that one round trip carries many images."""
-    return [decode_file(p, limits, preprocess) for p in paths]
+    return [decode_file(p, limits, preprocess, device) for p in paths]
 
 
 def decode_files(
     paths: Sequence[str | Path],
     preprocess: dict[str, Any],
     limits: Limits | None = None,
-    pool: ProcessPoolExecutor | None = None,
+    pool: Executor | None = None,
     chunk: int = 16,
     in_flight: int = 8,
+    device: DevicePixels | None = None,
 ) -> Iterator[Decoded]:
-    """Every file decoded, in the order of `paths`: in this process, or in `pool`'s processes with at most
-    `in_flight` chunks of `chunk` files submitted, so that decoding runs ahead of the session by a bounded
-    amount (a folder of a million files never sits decoded in memory)."""
+    """Every file decoded, in the order of `paths`: in this process, or in `pool` with at most `in_flight` chunks
+    of `chunk` files submitted, so that decoding runs ahead of the session by a bounded amount (a folder of a
+    million files never sits decoded in memory). `pool`: decoding processes, or, with `device` (which lives in
+    this process), threads."""
     limits = limits or Limits()
     if pool is None:
         for p in paths:
-            yield decode_file(p, limits, preprocess)
+            yield decode_file(p, limits, preprocess, device)
         return
     chunks = (paths[i : i + chunk] for i in range(0, len(paths), chunk))
     pending: deque[Future] = deque()
     for part in chunks:
-        pending.append(pool.submit(decode_chunk, part, limits, preprocess))
+        pending.append(pool.submit(decode_chunk, part, limits, preprocess, device))
         if len(pending) >= in_flight:
             yield from pending.popleft().result()
     while pending:

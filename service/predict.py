@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,8 +35,10 @@ from core.images import IMAGE_EXTENSIONS
 from core.voting import VOTINGS
 from service.config import Limits
 from service.decode import decoding_processes
+from service.device_pixels import DevicePixels
 from service.files import decode_files, list_images
 from service.models import Model
+from service.preprocessing import choose_for
 from service.rows import Summary, batches, check_settings, rows
 
 COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
@@ -135,14 +138,19 @@ def classify(
     workers: int | None = None,
     limits: Limits | None = None,
     probabilities: bool = False,
+    device: DevicePixels | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of `paths` batch by batch, in order: decoding in `workers` spawned processes (0: in this
-    process; None: one per core), the sessions in this one."""
+    process; None: one per core), the sessions in this one. `device`: the GPU preprocessing backend's pixel work
+    (service/device_pixels.py), which lives in this process: the `workers` are then threads, and the images it does
+    not take are decoded by Pillow in them."""
     workers = check_settings(top_k, batch_size, workers)
     k = min(top_k, len(model.labels))
-    pool = decoding_processes(workers) if paths else None
+    pool: Executor | None = None
+    if paths and workers:
+        pool = ThreadPoolExecutor(workers, "decode") if device is not None else decoding_processes(workers)
     try:
-        decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers)
+        decoded = decode_files(paths, model.preprocess, limits, pool, in_flight=4 * workers, device=device)
         for batch in batches(decoded, batch_size, model.input_shape):
             yield rows(batch, model(batch.pixels), model.labels, k, probabilities)
     finally:
@@ -163,9 +171,11 @@ def predict(
     limits: Limits | None = None,
     progress: bool = False,
     probabilities: bool = False,
+    preprocessing: str = "auto",
 ) -> Summary:
     """Classify every image file of `inputs` (files, folders searched recursively) with `model` (a store tag,
-    an .onnx file, `a+b`, or a loaded Model) and write one row per file to `out` (.csv or .jsonl)."""
+    an .onnx file, `a+b`, or a loaded Model) and write one row per file to `out` (.csv or .jsonl).
+    `preprocessing`: where the pixels are made, serving.yaml's key of that name (service/preprocessing.py)."""
     start = time.perf_counter()
     inputs = list(inputs)
     paths = list_images(inputs)
@@ -174,13 +184,16 @@ def predict(
     # every setting is refused before the models load, and the file is opened after: a refusal leaves it be
     check_out(out)
     check_settings(top_k, batch_size, workers)
+    on_device = choose_for(preprocessing, device) == "gpu"
     if not isinstance(model, Model):
         model = Model.load(model, voting, weights, device, batch_size)
+    # made after the sessions, which load the CUDA libraries it uses; on the GPU they run on (service/models.py)
+    pixels_on = DevicePixels(0) if on_device else None
     writer = Writer(out, probabilities)
     try:
         bar = Progress(len(paths), progress)
         classified = unreadable = 0
-        for part in classify(model, paths, top_k, batch_size, workers, limits, probabilities):
+        for part in classify(model, paths, top_k, batch_size, workers, limits, probabilities, pixels_on):
             writer.write(part)
             bad = sum(row["error"] is not None for row in part)
             classified, unreadable = classified + len(part) - bad, unreadable + bad
@@ -207,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--voting", default="soft", choices=VOTINGS, help="how an ensemble's members vote")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per member, for --voting weighted")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--preprocessing", default="auto", choices=["auto", "host", "gpu"], help="where the pixels "
+                        "are made, as serving.yaml's key: Pillow on the host, or JPEGs decoded and resized on the "
+                        "GPU (docs/serving.md)")  # fmt: skip
     parser.add_argument("--probabilities", action="store_true", help="add every class's score, in index order "
                         "(for soft pseudo-labels: python -m training self-train --teacher-labels)")  # fmt: skip
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on Ray Data and write Parquet "
@@ -227,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = predict_on_ray(args.model, args.inputs, args.out, args.ray or None, args.top_k, args.batch_size,
                                      args.voting, args.weights, args.device, args.probabilities,
-                                     actors=args.actors, rows_per_file=args.part_rows)  # fmt: skip
+                                     actors=args.actors, rows_per_file=args.part_rows,
+                                     preprocessing=args.preprocessing)  # fmt: skip
         else:
             summary = predict(args.model, args.inputs, args.out, args.top_k, args.batch_size, args.workers,
                               args.voting, args.weights, args.device, progress=True,
-                              probabilities=args.probabilities)  # fmt: skip
+                              probabilities=args.probabilities, preprocessing=args.preprocessing)  # fmt: skip
     except UserError as e:
         print(one_line(e), file=sys.stderr)
         return 2

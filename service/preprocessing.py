@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.devices import DeviceError, gpu_present, uses_gpu
-from core.errors import exit_with
+from core.errors import UserError, exit_with
 from service.budget import Budget
 from service.config import Limits, ServingConfig
 from service.device_pixels import DECODER_PACKAGES
@@ -76,33 +76,41 @@ class Gpu(Host):
         self.device = device
 
 
-class PreprocessingError(Exception):
+class PreprocessingError(UserError):
     """`preprocessing: gpu` where the GPU backend cannot run."""
 
 
 def choose(config: ServingConfig) -> str:
     """The backend `config` runs here, "host" or "gpu"; a PreprocessingError for `gpu` where it cannot run."""
-    if config.preprocessing in ("auto", "host"):
+    return choose_for(config.preprocessing, config.device)
+
+
+def choose_for(preprocessing: str, device: str) -> str:
+    """The backend that `preprocessing` (auto | host | gpu) runs here for sessions on `device` (auto | cpu | cuda):
+    the one rule the service and `service.predict` share."""
+    if preprocessing in ("auto", "host"):
         # auto: "gpu" once bench/gpu_check.sh has measured the GPU backend's parity and speed on a GPU (issue 28)
         return "host"
+    if preprocessing != "gpu":
+        raise PreprocessingError(f"preprocessing must be auto, host or gpu, got {preprocessing!r}")
     if not gpu_present():
         raise PreprocessingError(
             "preprocessing: gpu, but this machine has no GPU: the GPU backend needs a GPU machine; "
-            "serve with preprocessing: auto or host"
+            "use preprocessing auto or host"
         )
     if not decoder_installed():
         raise PreprocessingError(
             f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(DECODER_PACKAGES)} onnx); "
-            "serve with preprocessing: auto or host"
+            "use preprocessing auto or host"
         )
     try:
-        on_gpu = uses_gpu(config.device)
+        on_gpu = uses_gpu(device)
     except DeviceError as e:
         raise PreprocessingError(str(e)) from None
     if not on_gpu:
         raise PreprocessingError(
-            f"preprocessing: gpu, but the sessions run on the CPU (device: {config.device}); "
-            "serve with device: cuda, or preprocessing: auto or host"
+            f"preprocessing: gpu, but the sessions run on the CPU (device: {device}); "
+            "use device cuda, or preprocessing auto or host"
         )
     return "gpu"
 

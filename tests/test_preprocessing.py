@@ -55,7 +55,7 @@ def test_gpu_without_a_gpu_stops_start_up_in_one_line(capsys):
     assert stop.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: preprocessing: gpu, but this machine has no GPU"), lines
-    assert "the GPU backend needs a GPU machine" in lines[0] and "preprocessing: auto or host" in lines[0], lines
+    assert "the GPU backend needs a GPU machine" in lines[0] and "use preprocessing auto or host" in lines[0], lines
 
 
 def test_gpu_needs_the_decoder_and_sessions_on_the_gpu(monkeypatch):
@@ -241,3 +241,49 @@ def test_the_routes_answer_the_same_through_the_gpu_backend(device, tmp_path, mo
     assert answers[0] == answers[1]
     # the JPEGs of the first three requests, and the cut one, which the device gave up on and Pillow refused
     assert sorted(made) == [(400, 300)] * 3 + [(500, 375)] * 3, made  # in whatever order the threads took them
+
+
+def test_files_are_classified_through_the_device_as_through_the_host(device, tmp_path, monkeypatch):
+    """`service.predict` with the gpu backend (its CPU variant): the rows of a folder of JPEG photos, a PNG, a
+    grayscale JPEG and a JPEG cut short are the host path's, in threads and in this thread, and the device made the
+    photos' pixels."""
+    from service.models import Model
+    from service.predict import classify
+    from tests.tiny_onnx import tiny_graph
+
+    photos = _photos()
+    files = {"a.jpg": _encoded(photos[0][:375, :500]), "b.jpg": _encoded(photos[2][:300, :400], quality=70),
+             "c.png": _encoded(photos[1][:200, :300], "PNG"), "d.jpg": _encoded(photos[3][:250, :250], mode="L"),
+             "e.jpg": _encoded(photos[1][:375, :500])[:3000]}  # fmt: skip
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = sorted(tmp_path.glob("*.*"))
+    model = Model.load(str(tiny_graph(tmp_path / "m.onnx", 0, crop_size=224, resize_size=256)), device="cpu")
+    made, pixels = [], device.pixels
+    monkeypatch.setattr(device, "pixels", lambda *args: made.append(args[1]) or pixels(*args))
+
+    def rows(workers: int, on: object) -> list[dict]:
+        return [row for part in classify(model, paths, 3, 2, workers, device=on) for row in part]
+
+    host = rows(0, None)
+    assert [row["error"] is not None for row in host] == [False, False, False, False, True], host
+    assert "e.jpg is truncated" in host[-1]["error"]
+    assert rows(2, device) == host and rows(0, device) == host
+    assert made == [(500, 375), (400, 300), (451, 300)] * 2  # the photos and the cut one, whose header is whole
+
+
+def test_predict_with_gpu_preprocessing_where_it_cannot_run_is_one_line(tmp_path, capsys):
+    from service.predict import main
+    from tests.tiny_onnx import tiny_graph
+
+    if gpu_present():
+        pytest.skip("this machine has a GPU: tests/test_preprocessing.py's device checks run in bench/gpu_check.sh")
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    graph = tiny_graph(tmp_path / "m.onnx")
+    assert main([str(graph), str(image), "--out", str(tmp_path / "o.csv"), "--preprocessing", "gpu"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["error: preprocessing: gpu, but this machine has no GPU: the GPU backend needs a GPU machine; "
+                     "use preprocessing auto or host"], lines  # fmt: skip
+    assert not (tmp_path / "o.csv").exists()
+    assert main([str(graph), str(image), "--out", str(tmp_path / "o.csv"), "--preprocessing", "host"]) == 0
