@@ -4,7 +4,9 @@
 
 bentofile.yaml lists onnxruntime-gpu, which runs on a CPU too but brings the CUDA provider's libraries and a
 CUDA requirement a CPU host does not meet; a config that says `device: cpu` gets plain onnxruntime at the same
-version range instead (`auto` and `cuda` keep onnxruntime-gpu: the Bento may land on a GPU). Everything else is
+version range instead (`auto` and `cuda` keep onnxruntime-gpu: the Bento may land on a GPU). A config that says
+`preprocessing: gpu` also gets the GPU backend's decoder and onnx (service/preprocessing.py, GPU_PACKAGES), which
+a Bento otherwise leaves out. Everything else is
 bentofile.yaml's, and the config is packed as `SERVING_CONFIG=... bentoml build` packs it (service/packed.py).
 The last lines are this project's next steps: serve the Bento, or build its container with `make container`,
 which picks the runtime of its VARIANT (deploy/bentofile.py).
@@ -21,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from service.config import load_or_exit
+from service.preprocessing import GPU_PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +40,12 @@ def runtime_for(device: str, packages: list[str]) -> list[str]:
     return out
 
 
-def bentofile_for(source: dict, device: str) -> dict:
+def bentofile_for(source: dict, device: str, preprocessing: str = "auto") -> dict:
+    """bentofile.yaml's content for a config's `device` and `preprocessing`."""
     python = dict(source.get("python", {}))
     python["packages"] = runtime_for(device, list(python.get("packages", [])))
+    if preprocessing == "gpu":
+        python["packages"] += list(GPU_PACKAGES)
     return {**source, "python": python}
 
 
@@ -57,7 +63,7 @@ def main() -> int:
     serving_config = os.environ.get("SERVING_CONFIG") or "serving.yaml"
     config = load_or_exit(serving_config)  # a bad config: one line and exit 2, before anything is built
     source = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
-    bentofile = bentofile_for(source, config.device)
+    bentofile = bentofile_for(source, config.device, config.preprocessing)
     [runtime] = [p for p in bentofile["python"]["packages"] if p.replace("_", "-").startswith("onnxruntime")]
     bentoml = Path(sys.executable).parent / "bentoml"
     with tempfile.TemporaryDirectory() as tmp:

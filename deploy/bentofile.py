@@ -1,20 +1,28 @@
 """Write the bentofile of one container variant, derived from the repository's bentofile.yaml.
 
 bentofile.yaml stays the one description of what the Bento carries; a variant changes only the ONNX
-Runtime package and the base image, so the two images cannot drift apart in anything else.
+Runtime package and the base image, so the two images cannot drift apart in anything else. A serving config that
+says `preprocessing: gpu` (--serving-config, by default $SERVING_CONFIG, which deploy/container.sh exports) adds the
+GPU backend's decoder and onnx to the gpu variant (service/preprocessing.py, GPU_PACKAGES); the cpu variant cannot
+serve it.
 
-    python -m deploy.bentofile --variant cpu|gpu --base-image NAME --out PATH
+    python -m deploy.bentofile --variant cpu|gpu --base-image NAME --out PATH [--serving-config FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import onnxruntime.capi.build_and_package_info
 import yaml
+
+from core.errors import exit_with
+from service.config import load_or_exit
+from service.preprocessing import GPU_PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("cpu", "gpu")
@@ -44,14 +52,25 @@ def nvidia_library_path(python_version: str, cuda_major: int) -> str:
 
 
 def variant_bentofile(
-    source: dict, variant: str, base_image: str, ort_version: str, python_version: str, cuda_major: int = 13
+    source: dict,
+    variant: str,
+    base_image: str,
+    ort_version: str,
+    python_version: str,
+    cuda_major: int = 13,
+    preprocessing: str = "auto",
 ) -> dict:
-    """bentofile.yaml's content with the variant's ONNX Runtime package, base image, Dockerfile and library path."""
+    """bentofile.yaml's content with the variant's ONNX Runtime package, base image, Dockerfile and library path,
+    and the GPU backend's packages for `preprocessing: gpu`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    if preprocessing == "gpu" and variant != "gpu":
+        raise ValueError("the serving config says preprocessing: gpu, which only VARIANT=gpu can serve")
     out = {**source, "python": dict(source.get("python", {})), "docker": dict(source.get("docker", {}))}
     packages = [p for p in out["python"].get("packages", []) if not p.replace("_", "-").startswith("onnxruntime")]
     out["python"]["packages"] = [*packages, runtime_package(variant, ort_version)]
+    if preprocessing == "gpu":
+        out["python"]["packages"] += list(GPU_PACKAGES)
     out["docker"] = {k: v for k, v in out["docker"].items() if k not in ("distro", "cuda_version", "python_version")}
     out["docker"]["base_image"] = base_image
     out["docker"]["dockerfile_template"] = DOCKERFILE_TEMPLATE
@@ -68,16 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-image", required=True)
     parser.add_argument("--source", type=Path, default=ROOT / "bentofile.yaml")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--serving-config", default=os.environ.get("SERVING_CONFIG"),
+                        help="the config the image serves (default: $SERVING_CONFIG)")  # fmt: skip
     args = parser.parse_args(argv)
+    preprocessing = load_or_exit(args.serving_config).preprocessing if args.serving_config else "auto"
     # the Bento records the Python that builds it, and the image's venv is made with that version
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     ort_version = version(onnxruntime.capi.build_and_package_info.package_name)
     # the same build of onnxruntime-gpu goes into the image, so its CUDA major version names the wheels' layout
     cuda = getattr(onnxruntime.capi.build_and_package_info, "cuda_version", "") or "13"
     source = yaml.safe_load(args.source.read_text())
-    bentofile = variant_bentofile(
-        source, args.variant, args.base_image, ort_version, python_version, int(cuda.split(".")[0])
-    )
+    try:
+        bentofile = variant_bentofile(source, args.variant, args.base_image, ort_version, python_version,
+                                      int(cuda.split(".")[0]), preprocessing)  # fmt: skip
+    except ValueError as e:
+        exit_with(str(e))
     args.out.write_text(yaml.safe_dump(bentofile, sort_keys=False))
     return 0
 

@@ -36,6 +36,9 @@ if t.TYPE_CHECKING:
     from service.device_pixels import DevicePixels
 
 DECODER_MODULE = "nvidia.nvimgcodec"
+# what the gpu backend needs beyond the serving packages: the decoder, and onnx, which builds its resize graph;
+# `make bento` and `make container` add them to a Bento whose config says `preprocessing: gpu` (deploy/)
+GPU_PACKAGES = (*DECODER_PACKAGES, "onnx")
 
 
 class Backend(t.Protocol):
@@ -100,7 +103,7 @@ def choose_for(preprocessing: str, device: str) -> str:
         )
     if not decoder_installed():
         raise PreprocessingError(
-            f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(DECODER_PACKAGES)} onnx); "
+            f"preprocessing: gpu, but its decoder is not installed (pip install {' '.join(GPU_PACKAGES)}); "
             "use preprocessing auto or host"
         )
     try:
@@ -117,7 +120,7 @@ def choose_for(preprocessing: str, device: str) -> str:
 
 def decoder_installed() -> bool:
     """Whether nvImageCodec's Python package is installed (found, not imported: importing it loads CUDA), and onnx,
-    which builds the resize graph (core/resample.py; a project dependency that a Bento leaves out)."""
+    which builds the resize graph (core/resample.py; a project dependency that a Bento carries only for `gpu`)."""
     found = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec(DECODER_MODULE) is not None
     return found and importlib.util.find_spec("onnx") is not None
 

@@ -41,6 +41,27 @@ def test_gpu_variant_carries_cuda_wheels_and_tells_the_loader_where(cuda, folder
     assert out["docker"]["dockerfile_template"] == DOCKERFILE_TEMPLATE
 
 
+def test_a_config_that_preprocesses_on_the_gpu_gets_the_decoder_in_the_gpu_variant_only(tmp_path):
+    gpu = variant_bentofile(SOURCE, "gpu", "python:3.12-slim", "1.31.1", "3.12", 13, "gpu")["python"]["packages"]
+    host = variant_bentofile(SOURCE, "gpu", "python:3.12-slim", "1.31.1", "3.12", 13, "host")["python"]["packages"]
+    assert gpu == [*host, "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "onnx"] and "onnx" not in host
+    with pytest.raises(ValueError, match="preprocessing: gpu, which only VARIANT=gpu can serve"):
+        variant_bentofile(SOURCE, "cpu", "x", "1.31.1", "3.11", 13, "gpu")
+    # the command reads it from the config container.sh exports, and refuses the cpu variant in one line
+    config = tmp_path / "gpu.yaml"
+    config.write_text("models: [digits-resnet18]\ndevice: cuda\npreprocessing: gpu\n")
+    out = tmp_path / "bentofile.yaml"
+    command = [sys.executable, "-m", "deploy.bentofile", "--base-image", "x", "--out", str(out)]
+    env = {**os.environ, "SERVING_CONFIG": str(config)}
+    made = subprocess.run([*command, "--variant", "gpu"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "nvidia-nvimgcodec-cu13" in yaml.safe_load(out.read_text())["python"]["packages"]
+    refused = subprocess.run([*command, "--variant", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: the serving config says preprocessing: gpu, which only VARIANT=gpu can serve"
+    ], refused.stderr
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="variant must be one of cpu, gpu"):
         variant_bentofile(SOURCE, "tpu", "x", "1.31.1", "3.11")

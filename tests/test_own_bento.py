@@ -93,6 +93,9 @@ def test_a_bento_of_a_cpu_config_requires_onnxruntime_and_others_onnxruntime_gpu
             p for p in source["python"]["packages"] if not p.startswith("onnxruntime")
         ]
         assert bentofile_for(source, device)["include"] == source["include"]
+    # preprocessing: gpu carries its decoder and onnx (its resize graph); the host backend needs neither
+    gpu, host = (bentofile_for(source, "cuda", p)["python"]["packages"] for p in ("gpu", "host"))
+    assert gpu == [*host, "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "onnx"] and "onnx" not in host
 
 
 def test_make_passes_serving_config_to_bento_and_container():
