@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The whole GPU serving check in one command, for the lent H100 (../shared/gpu/README.md): call 5 of stage.sh
-# runs `bash .gpu/install.sh && bash bench/gpu_check.sh`. About 7 minutes; every step has its own time limit,
-# so a slow step is cut and the rest still report. Everything goes to runs/gpu_check/results; $OUT (the device
-# tool's folder that comes back, at most 8 files; else bench/results/gpu) gets the reports and one tarball.
+# The whole GPU check in one command, for the lent H100 or H200 (../shared/gpu/README.md): stage with
+# bench/gpu_stage.sh, then its last call runs `bash .gpu/install.sh && bash bench/gpu_check.sh`. About 7 minutes;
+# every step has its own time limit, so a slow step is cut and the rest still report. Everything goes to
+# runs/gpu_check/results; $OUT (the device tool's folder that comes back, at most 8 files; else bench/results/gpu)
+# gets the reports and one tarball. Issue 28's questions first:
 #
-#   1. bench.serve_load: ResNet-50 at 224 (random weights), the service in each layout (worker processes :
-#      decoding processes) at 16 and 64 clients, open loop, /ensemble of 2, first requests after /readyz,
-#      real against padded images, FastAPI on the CUDA provider, model-only fp32 and fp16 by batch size;
-#   2. bench.cuda_shapes: what a change of batch shape costs one session, against a session per size, with
-#      each cuDNN algorithm search, NHWC, CUDA graphs, fp16;
-#   3. the service again with the fp16 graphs, in the first layout;
-#   4. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
-#      host path, pixel parity and host CPU per image (needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg: stage.sh);
-#   5. on a GPU, the service on JPEGs with `preprocessing: gpu`, one worker and four.
+#   0. installs what bench/gpu_stage.sh added (nvImageCodec, nvJPEG, wrk) where it was staged;
+#   1. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
+#      host path: pixel parity, the 8-thread check, host CPU per image;
+#   2. bench.request_cpu under wrk: host CPU per request, `preprocessing` host and gpu, against FastAPI on the CUDA
+#      provider (a 224-px graph of almost no compute, 500x375 JPEGs, WORKERS workers, 64 and 256 connections);
+#   3. bench.serve_load: ResNet-50 at 224 (random weights) on JPEGs, host preprocessing in each layout (worker
+#      processes : decoding processes) at CONCURRENCY clients, FastAPI on the CUDA provider, model-only fp32 and fp16;
+#   4. the same with `preprocessing: gpu`.
+# FULL=1 adds what earlier sessions measured (bench/README.md): bench.cuda_shapes and the service on fp16 graphs.
 #
 # On the CPU, a short run of the same steps checks the script itself:
 #   MODEL=digits DEVICE=cpu LAYOUTS="1:0 1:2" DURATION=2 CONCURRENCY="4 16" bash bench/gpu_check.sh
@@ -22,9 +23,10 @@ BACK=${OUT:-bench/results/gpu}
 OUT=runs/gpu_check/results
 MODEL=${MODEL:-resnet50}
 DEVICE=${DEVICE:-cuda}
-LAYOUTS=${LAYOUTS:-1:0 1:12 4:0 4:3}
-DURATION=${DURATION:-5}
-CONCURRENCY=${CONCURRENCY:-16 64}
+LAYOUTS=${LAYOUTS:-4:0 8:0}
+DURATION=${DURATION:-4}
+CONCURRENCY=${CONCURRENCY:-64 256}
+WORKERS=${WORKERS:-4}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=true
 mkdir -p "$OUT" "$BACK"
@@ -38,25 +40,46 @@ source bench/steps.sh  # step NAME LIMIT_S COMMAND...
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
+# 0. what bench/gpu_stage.sh put beside the onnxruntime-gpu chunk
+extra=.gpu/c5/extra
+if ls "$extra"/*.whl >/dev/null 2>&1; then
+  $PYTHON -m pip install -q --no-index --no-deps "$extra"/*.whl && echo "installed $(ls "$extra"/*.whl | xargs -n1 basename)"
+fi
+export PATH="$PWD/$extra/bin:$PATH" LD_LIBRARY_PATH="$PWD/$extra/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # LitServe is compared with where it is installed (../shared/gpu/stage.sh does not bring it)
 $PYTHON -c "import litserve" 2>/dev/null && litserve="" || litserve="--no-litserve"
-# shellcheck disable=SC2086  # the lists are meant to split
-step serve_load 330 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
-  --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
-  $litserve --out "$OUT/serve_load"
-step cuda_shapes 120 $PYTHON -m bench.cuda_shapes --graph "runs/gpu_check/$MODEL.onnx" \
-  --fp16-graph "runs/gpu_check/$MODEL-fp16.onnx" --device "$DEVICE" --out "$OUT/cuda_shapes"
-first_layout=${LAYOUTS%% *}
-# shellcheck disable=SC2086
-step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --serve-fp16 --layouts "$first_layout" \
-  --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
-  --no-fastapi --no-litserve --out "$OUT/serve_fp16"
-step gpu_preprocess 60 $PYTHON -m bench.gpu_preprocess --repeats 20 --out "$OUT/gpu_preprocess"
-if [ "$DEVICE" = cuda ]; then
+gpu_preprocessing=$([ "$DEVICE" = cuda ] && echo gpu || echo host)
+
+step gpu_preprocess 50 $PYTHON -m bench.gpu_preprocess --repeats 20 --out "$OUT/gpu_preprocess"
+if { wrk --version 2>&1 || true; } | grep -q "^wrk"; then  # it exits 1 after printing its version
+  # shellcheck disable=SC2086  # the lists are meant to split
+  step request_cpu 90 $PYTHON -m bench.request_cpu --targets service fastapi --model photo-224 --images photo \
+    --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing host --duration "$DURATION" \
+    --warmup 2 --work runs/gpu_check --label host --out "$OUT/request_cpu_host"
   # shellcheck disable=SC2086
-  step serve_gpu_preprocess 120 $PYTHON -m bench.serve_load --models "$MODEL" --device cuda --preprocessing gpu \
-    --images jpeg --layouts 1:0 4:0 --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 \
-    --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi --no-litserve --out "$OUT/serve_gpu_preprocess"
+  step request_cpu_gpu 60 $PYTHON -m bench.request_cpu --targets service --model photo-224 --images photo \
+    --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing "$gpu_preprocessing" \
+    --duration "$DURATION" --warmup 2 --work runs/gpu_check --label "$gpu_preprocessing" --out "$OUT/request_cpu_gpu"
+else
+  echo "== request_cpu: skipped, no wrk that runs here (bench/gpu_stage.sh stages one)" | tee "$OUT/request_cpu.log"
+fi
+# shellcheck disable=SC2086
+step serve_load 160 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
+  --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
+  --images jpeg --preprocessing host --no-ensemble $litserve --out "$OUT/serve_load"
+# shellcheck disable=SC2086
+step serve_gpu_preprocess 100 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
+  --preprocessing "$gpu_preprocessing" --images jpeg --layouts $LAYOUTS --concurrency $CONCURRENCY \
+  --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi \
+  --no-litserve --out "$OUT/serve_gpu_preprocess"
+if [ "${FULL:-0}" = 1 ]; then
+  step cuda_shapes 120 $PYTHON -m bench.cuda_shapes --graph "runs/gpu_check/$MODEL.onnx" \
+    --fp16-graph "runs/gpu_check/$MODEL-fp16.onnx" --device "$DEVICE" --out "$OUT/cuda_shapes"
+  first_layout=${LAYOUTS%% *}
+  # shellcheck disable=SC2086
+  step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --serve-fp16 \
+    --layouts "$first_layout" --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 \
+    --work runs/gpu_check --no-fastapi --no-litserve --out "$OUT/serve_fp16"
 fi
 tar -czf "$BACK/all.tgz" "$OUT" runs/gpu_check/*.log runs/gpu_check/*.yaml 2>/dev/null
 cp "$OUT"/machine.txt "$OUT"/*.md "$OUT"/serve_load_throughput.png "$BACK"/ 2>/dev/null

@@ -312,7 +312,8 @@ def server_command(target: str, args: argparse.Namespace, graphs: dict[str, Path
     plain = {**env, "MODEL_PATH": str(graphs[args.model]), "DEVICE": device}
     if target == "service":
         serving = work / f"serving-request-cpu-{args.model}-w{args.workers}.yaml"
-        serving.write_text(sl.serving_yaml(args.model, sl._parse(["--device", args.device]), args.workers, 0))
+        options = sl._parse(["--device", args.device, "--preprocessing", args.preprocessing])
+        serving.write_text(sl.serving_yaml(args.model, options, args.workers, 0))
         tree = args.tree.resolve()
         return sl.SERVE, {**env, "SERVING_CONFIG": str(serving), "PYTHONPATH": str(tree)}, "/readyz", tree
     if target == "fastapi":
@@ -347,6 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "graph at 224 px whose network costs nearly nothing (the request is its decoding and path)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--preprocessing", default="auto", choices=["auto", "host", "gpu"],
+                   help="the service's serving.yaml preprocessing (gpu: JPEGs made on the GPU)")  # fmt: skip
     p.add_argument("--tree", type=Path, default=sl.ROOT, help="the checkout whose service is served")
     p.add_argument("--label", default="", help="names this run's figures and report (before, after)")
     p.add_argument("--work", default="runs/serve_load", help="serve_load's work folder: models, store, logs")
@@ -355,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.connections = 2.0, 1.0, [16]
+    if not (args.duration.is_integer() and args.warmup.is_integer()):
+        p.error("--duration and --warmup are whole seconds (wrk's -d takes no fractions)")
     return args
 
 
@@ -456,7 +461,8 @@ def run(args: argparse.Namespace) -> None:
     settings = (f"wrk, {args.duration:g} s measured after {args.warmup:g} s warm-up, one image a request (small: "
                 f"a 32x32 digits PNG, {len(pictures['small'][1])} bytes; photo: a 500x375 JPEG, "
                 f"{len(pictures['photo'][1])} bytes); {model[args.model]}; service workers "
-                f"{args.workers}, tree {args.tree.resolve()}; device {args.device}.")  # fmt: skip
+                f"{args.workers}, tree {args.tree.resolve()}; device {args.device}, preprocessing "
+                f"{args.preprocessing}.")  # fmt: skip
     notes.append("floor (in this process, the service's own code, CPU time): " + "; ".join(
         f"{image}: decode + resize {f['decode_ms']} ms, the model {f['model_ms']} ms an image at batch "
         f"{', '.join(map(str, f['model_ms']))}" for image, f in floors.items()))  # fmt: skip

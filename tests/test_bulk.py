@@ -276,22 +276,3 @@ def test_the_layout_runs_an_actor_a_cpu_and_on_gpus_decodes_in_tasks():
     assert layout(cpus=2, gpus=0, actors=4) == Layout(4, 0.5, 0, False)  # more actors than CPUs share them
     assert layout(cpus=64, gpus=4) == Layout(4, 0, 1, True)  # one a GPU; the CPUs decode
     assert layout(cpus=2, gpus=0, decode_tasks=True) == Layout(2, 0, 0, True)
-    # the GPU preprocessing backend: each GPU's actor decodes its own files, with its share of the CPUs as threads
-    assert layout(cpus=64, gpus=4, on_device=True) == Layout(4, 16, 1, False)
-    assert layout(cpus=2, gpus=4, on_device=True) == Layout(4, 1, 1, False)
-
-
-@pytest.mark.parametrize(("options", "words"), [
-    ({"preprocessing": "gpu", "device": "cpu"}, "--preprocessing gpu makes the pixels on the GPU, but --device is cpu"),
-    ({"preprocessing": "device"}, "preprocessing must be auto, host or gpu, got 'device'"),
-])  # fmt: skip
-def test_gpu_preprocessing_on_ray_is_refused_before_ray_starts_where_it_cannot_run(tmp_path, options, words):
-    from core.errors import UserError
-    from service.bulk import predict_on_ray
-
-    image = tmp_path / "a.png"
-    Image.new("RGB", (32, 32)).save(image)
-    graph = tiny_graph(tmp_path / "m.onnx")
-    with pytest.raises(UserError, match=re.escape(words)):
-        predict_on_ray(str(graph), [image], tmp_path / "out", **options)
-    assert not (tmp_path / "out").exists()

@@ -287,3 +287,32 @@ def test_predict_with_gpu_preprocessing_where_it_cannot_run_is_one_line(tmp_path
                      "use preprocessing auto or host"], lines  # fmt: skip
     assert not (tmp_path / "o.csv").exists()
     assert main([str(graph), str(image), "--out", str(tmp_path / "o.csv"), "--preprocessing", "host"]) == 0
+
+
+def test_on_ray_each_gpus_actor_decodes_its_own_files_with_gpu_preprocessing():
+    """service/bulk.py's layout (no Ray needed): with the gpu backend, no decoding tasks; each GPU's actor gets its
+    share of the CPUs for the images its GPU does not take."""
+    from service.bulk import Layout, layout
+
+    assert layout(cpus=64, gpus=4) == Layout(4, 0, 1, True)  # host preprocessing: the CPUs decode in tasks
+    assert layout(cpus=64, gpus=4, on_device=True) == Layout(4, 16, 1, False)
+    assert layout(cpus=2, gpus=4, on_device=True) == Layout(4, 1, 1, False)
+    assert layout(cpus=8, gpus=0, on_device=True) == layout(cpus=8, gpus=0)  # no GPU: as without it
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"preprocessing": "gpu", "device": "cpu"}, "--preprocessing gpu makes the pixels on the GPU, but --device is cpu"),
+    ({"preprocessing": "device"}, "preprocessing must be auto, host or gpu, got 'device'"),
+])  # fmt: skip
+def test_gpu_preprocessing_on_ray_is_refused_before_ray_starts_where_it_cannot_run(tmp_path, options, words):
+    import re
+
+    from core.errors import UserError
+    from service.bulk import predict_on_ray
+    from tests.tiny_onnx import tiny_graph
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(UserError, match=re.escape(words)):
+        predict_on_ray(str(tiny_graph(tmp_path / "m.onnx")), [image], tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
