@@ -9,10 +9,12 @@
 #   1. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
 #      host path: pixel parity, the 8-thread check, host CPU per image;
 #   2. bench.request_cpu under wrk: host CPU per request, `preprocessing` host and gpu, against FastAPI on the CUDA
-#      provider (a 224-px graph of almost no compute, 500x375 JPEGs, WORKERS workers, 64 and 256 connections);
+#      provider (a 224-px graph of almost no compute, 500x375 JPEGs, WORKERS workers, 64 and 256 connections),
+#      with a py-spy profile of the busiest worker at 256;
 #   3. bench.serve_load: ResNet-50 at 224 (random weights) on JPEGs, host preprocessing in each layout (worker
 #      processes : decoding processes) at CONCURRENCY clients, FastAPI on the CUDA provider, model-only fp32 and fp16;
-#   4. the same with `preprocessing: gpu`.
+#   4. the same with `preprocessing: gpu`, in the first layout.
+# The step limits add up to 470 s (issue 28: within 8 minutes of device time).
 # FULL=1 adds what earlier sessions measured (bench/README.md): bench.cuda_shapes and the service on fp16 graphs.
 #
 # On the CPU, a short run of the same steps checks the script itself:
@@ -40,7 +42,7 @@ source bench/steps.sh  # step NAME LIMIT_S COMMAND...
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-# 0. what bench/gpu_stage.sh put beside the onnxruntime-gpu chunk
+# 0. what bench/gpu_stage.sh put beside the onnxruntime-gpu chunk (py-spy's wheel holds only its binary)
 extra=.gpu/c5/extra
 if ls "$extra"/*.whl >/dev/null 2>&1; then
   $PYTHON -m pip install -q --no-index --no-deps "$extra"/*.whl && echo "installed $(ls "$extra"/*.whl | xargs -n1 basename)"
@@ -55,27 +57,28 @@ if { wrk --version 2>&1 || true; } | grep -q "^wrk"; then  # it exits 1 after pr
   # shellcheck disable=SC2086  # the lists are meant to split
   step request_cpu 90 $PYTHON -m bench.request_cpu --targets service fastapi --model photo-224 --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing host --duration "$DURATION" \
-    --warmup 2 --work runs/gpu_check --label host --out "$OUT/request_cpu_host"
+    --warmup 2 --work runs/gpu_check --label host --profile --out "$OUT/request_cpu_host"
   # shellcheck disable=SC2086
   step request_cpu_gpu 60 $PYTHON -m bench.request_cpu --targets service --model photo-224 --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing "$gpu_preprocessing" \
-    --duration "$DURATION" --warmup 2 --work runs/gpu_check --label "$gpu_preprocessing" --out "$OUT/request_cpu_gpu"
+    --duration "$DURATION" --warmup 2 --work runs/gpu_check --label "$gpu_preprocessing" --profile \
+    --out "$OUT/request_cpu_gpu"
 else
   echo "== request_cpu: skipped, no wrk that runs here (bench/gpu_stage.sh stages one)" | tee "$OUT/request_cpu.log"
 fi
 # shellcheck disable=SC2086
-step serve_load 160 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
+step serve_load 190 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --images jpeg --preprocessing host --no-ensemble $litserve --out "$OUT/serve_load"
+first_layout=${LAYOUTS%% *}
 # shellcheck disable=SC2086
-step serve_gpu_preprocess 100 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
-  --preprocessing "$gpu_preprocessing" --images jpeg --layouts $LAYOUTS --concurrency $CONCURRENCY \
+step serve_gpu_preprocess 80 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
+  --preprocessing "$gpu_preprocessing" --images jpeg --layouts "$first_layout" --concurrency $CONCURRENCY \
   --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi \
   --no-litserve --out "$OUT/serve_gpu_preprocess"
 if [ "${FULL:-0}" = 1 ]; then
   step cuda_shapes 120 $PYTHON -m bench.cuda_shapes --graph "runs/gpu_check/$MODEL.onnx" \
     --fp16-graph "runs/gpu_check/$MODEL-fp16.onnx" --device "$DEVICE" --out "$OUT/cuda_shapes"
-  first_layout=${LAYOUTS%% *}
   # shellcheck disable=SC2086
   step serve_fp16 90 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --serve-fp16 \
     --layouts "$first_layout" --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 \

@@ -2,7 +2,8 @@
 # Stage everything bench/gpu_check.sh needs on the lent GPU machine, which reaches no package registry:
 # ../shared/gpu/stage.sh (onnxruntime-gpu in five chunks, bentoml, fastapi), then, in the last call's chunk, what
 # this project adds: the gpu preprocessing backend's decoder (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg wheels, about
-# 29 MB) and wrk, the C load generator of bench/request_cpu.py, with its LuaJIT library.
+# 29 MB), wrk, the C load generator of bench/request_cpu.py, with its LuaJIT library, and py-spy (3 MB), which
+# profiles a worker under that load.
 #
 #   bash bench/gpu_stage.sh          # from the project root; writes .gpu/ (git-ignored locally)
 #
@@ -17,7 +18,10 @@ extra=.gpu/c5/extra
 mkdir -p "$extra/bin" "$extra/lib"
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-python3 -m pip download -q --no-deps "${plat[@]}" -d "$extra" nvidia-nvimgcodec-cu13 nvidia-nvjpeg
+# the versions the CPU tests ran (a newer decoder wheel may not fit beside the last chunk)
+python3 -m pip download -q --no-deps "${plat[@]}" -d "$extra" nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$extra" py-spy==0.4.3
 wrk=$(command -v wrk || true)
 if [ -n "$wrk" ]; then
   cp "$wrk" "$extra/bin/"
@@ -26,6 +30,7 @@ if [ -n "$wrk" ]; then
 else
   echo "no wrk here (apt-get install wrk): gpu_check.sh will skip its host-CPU step"
 fi
-size=$(du -cb .gpu/c5 .gpu/install.sh | tail -1 | cut -f1)
-echo "last call carries $((size / 1048576)) MiB (at most 64)"
+# the call carries the working tree too (its tracked files, about 1.3 MB)
+size=$(( $(du -cb .gpu/c5 .gpu/install.sh | tail -1 | cut -f1) + $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) ))
+echo "last call carries $((size / 1048576)) MiB with the working tree (at most 64)"
 [ "$size" -le $((64 * 1048576)) ] || { echo "too large for one call"; exit 1; }

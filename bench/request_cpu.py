@@ -180,16 +180,52 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> tuple[s
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
 
-def measure(url: str, proc, script: Path, connections: int, args: argparse.Namespace) -> dict[str, Any]:
-    """A warm-up run, then the measured one with the server tree's CPU read right before and after it."""
+def start_profile(tree: list, seconds: float, path: Path) -> subprocess.Popen | None:
+    """py-spy recording the busiest process of the server's tree (the worker that has spent the most CPU) for
+    `seconds`, every thread, as collapsed stacks in `path`; None (and a line saying why) without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("no py-spy here (pip install -e '.[bench]'): no profile", flush=True)
+        return None
+    busiest = max(tree, key=lambda p: sum(p.cpu_times()[:2]))
+    record = [spy, "record", "--pid", str(busiest.pid), "--duration", str(int(seconds)), "--format", "raw",
+              "--output", str(path), "--nonblocking", "--threads"]  # fmt: skip
+    return subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """One note: each thread's share of the samples and the `top` frames (inclusive) of a py-spy profile."""
+    from bench.profile_service import top_functions
+
+    if not path.exists():
+        return f"profile {path.name}: py-spy wrote nothing"
+    total, frames = top_functions(path.read_text(), 4 * top)
+    threads = [(f.split(": ")[-1], n) for f, n in frames if f.startswith("thread (")]
+    # the frames every thread or the event loop passes through say nothing of where the time goes
+    plumbing = ("threading.py", "concurrent/futures", "asyncio/", "runpy", "click/", "uvicorn/server.py",
+                "uvicorn/_compat.py", "_bentoml_impl/worker/service.py")  # fmt: skip
+    named = [(f, n) for f, n in frames if not f.startswith("thread (") and not any(p in f for p in plumbing)]
+    shares = ", ".join(f"{frame} {100 * n / max(total, 1):.0f}%" for frame, n in threads + named[:top])
+    return f"profile of the busiest worker ({path.name}, {total} samples): {shares}"
+
+
+def measure(
+    url: str, proc, script: Path, connections: int, args: argparse.Namespace, profile_to: Path | None = None
+) -> dict[str, Any]:
+    """A warm-up run, then the measured one with the server tree's CPU read right before and after it, and
+    py-spy on its busiest worker meanwhile where `profile_to` is given."""
     from bench import serve_load as sl
 
     run_wrk(url, script, connections, args.warmup)
-    before, busy = cpu_snapshot(sl.process_tree(proc)), busy_seconds()
+    tree = sl.process_tree(proc)
+    before, busy = cpu_snapshot(tree), busy_seconds()
+    spy = start_profile(tree, args.duration, profile_to) if profile_to else None
     start = time.perf_counter()
     text, client_cpu = run_wrk(url, script, connections, args.duration)
     wall = time.perf_counter() - start
     after, busy = cpu_snapshot(sl.process_tree(proc)), busy_seconds() - busy
+    if spy is not None:
+        spy.wait()
     row = parse_wrk(text)
     cpu = cpu_delta(before, after)
     row.update(
@@ -354,6 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label", default="", help="names this run's figures and report (before, after)")
     p.add_argument("--work", default="runs/serve_load", help="serve_load's work folder: models, store, logs")
     p.add_argument("--out", default="bench/results/request_cpu")
+    p.add_argument("--profile", action="store_true", help="py-spy on the service's busiest worker during its run at "
+                   "the most connections: collapsed stacks beside the report, the top frames in its notes")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="1 s warm-up, 2 s runs, 16 connections: checks the pipeline")
     args = p.parse_args(argv)
     if args.quick:
@@ -445,7 +483,14 @@ def run(args: argparse.Namespace) -> None:
                     for connections in args.connections:
                         row = {"target": name, "image": image, "form": form}
                         counted = sl.batch_counters(url) if target == "service" else None
-                        row.update(measure(url + path, proc, script, connections, args))
+                        profile = None
+                        if args.profile and target == "service" and connections == max(args.connections):
+                            profile = Path(f"{args.out}-profile{'-' + args.label if args.label else ''}-{image}-"
+                                           f"{form}-c{connections}.txt")  # fmt: skip
+                            profile.parent.mkdir(parents=True, exist_ok=True)
+                        row.update(measure(url + path, proc, script, connections, args, profile))
+                        if profile is not None:
+                            notes.append(profile_summary(profile))
                         if counted is not None:
                             row.update(over_floor(row, counted, sl.batch_counters(url), floors[image]))
                         rows.append(row)
