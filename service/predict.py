@@ -4,6 +4,7 @@
     python -m service.predict models/digits-resnet18.onnx a.png b.jpg --out labels.jsonl --top-k 3
     python -m service.predict digits-resnet18+digits-b photos/ --out votes.csv --voting hard
     python -m service.predict digits-resnet18:latest photos/ --out labels.csv --batch-size 128 --workers 4
+    python -m service.predict photos-resnet50 photos/ --out labels.csv --preprocessing gpu   # JPEGs on the GPU
 
 MODEL is a BentoML model-store tag (name or name:version, in $BENTOML_HOME), an `.onnx` file exported by this
 project, or an ensemble `a+b` of them (soft voting; --voting hard | weighted --weights 2 1). IMAGE_OR_FOLDER:
