@@ -2,12 +2,16 @@
 
     python -m bench.gpu_preprocess                       # GPU 0 where there is one, else the CPU variant
     python -m bench.gpu_preprocess --cpu --repeats 20    # the CPU variant (what tests/test_preprocessing.py runs)
+    python -m bench.gpu_preprocess --model resnet50 --parity 300 --work runs/gpu_check    # and top-1 through it
 
 For JPEG cuts of the scikit-image photos (500x375 and other sizes, both orientations) at 256 -> 224 px, bilinear:
-each image's crop made by service/device_pixels.py and by the host path (Pillow, service/decode.py), the share of
-values equal and within one level, whether 8 threads calling the device at once get the same crops, and the CPU
-time (process time: every thread of this process) and wall time per image of each, one image at a time. Writes
-bench/results/gpu_preprocess.{json,md} (or --out).
+each image's crop made by service/device_pixels.py and by the host path (Pillow, service/decode.py), whether 8
+threads calling the device at once get the same crops, and the CPU time (process time: every thread of this process)
+and wall time per image of each, one image at a time. Then a parity set of `--parity` JPEGs (random crops of the
+photos at random sizes and qualities, the same every run): the share of values equal and within one level and, with
+`--model` (one of bench/serve_load.py's, random weights, exported into --work as serve_load does and kept for it),
+the share of images whose top-1 class is the same from either crop, and the largest difference in a probability.
+Writes bench/results/gpu_preprocess.{json,md} (or --out).
 """
 
 from __future__ import annotations
@@ -36,6 +40,58 @@ def images() -> list[tuple[str, bytes]]:
             buf = io.BytesIO()
             photo.resize(size).save(buf, "JPEG", quality=90)
             out.append((f"{name}-{size[0]}x{size[1]}", buf.getvalue()))
+    return out
+
+
+def parity_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`count` JPEGs of the photos: a random crop (a quarter of the photo or more), resized to a camera's or a
+    client's size in either orientation, at a quality from 70 to 95."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    sizes = ((500, 375), (640, 480), (800, 600), (1024, 768), (320, 240), (600, 600), (1280, 720), (450, 300))
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.5, 1)), int(h * rng.uniform(0.5, 1))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        size = sizes[int(rng.integers(len(sizes)))]
+        size = size if rng.random() < 0.5 else size[::-1]
+        buf = io.BytesIO()
+        photo.crop((x, y, x + cw, y + ch)).resize(size).save(buf, "JPEG", quality=int(rng.integers(70, 96)))
+        out.append((f"parity-{i}", buf.getvalue()))
+    return out
+
+
+def parity(device, limits, preprocess: dict[str, Any], count: int, graph=None) -> dict[str, Any]:
+    """Pixel parity over `count` parity images and, with a graph, top-1 parity through it (batches of 64)."""
+    from PIL import Image
+
+    from service.decode import decode
+
+    equal = within = total = taken = 0
+    host_crops, device_crops = [], []
+    for name, data in parity_images(count):
+        host, made = decode(data, name, limits, preprocess), decode(data, name, limits, preprocess, device)
+        diff = np.abs(made.astype(np.int16) - host)
+        equal, within, total = equal + int((diff == 0).sum()), within + int((diff <= 1).sum()), total + diff.size
+        with Image.open(io.BytesIO(data)) as image:  # the header only: what the device takes, the rest is Pillow's
+            taken += int(device.takes(image, preprocess))
+        host_crops.append(host)
+        device_crops.append(made)
+    out: dict[str, Any] = {"images": count, "on_device": taken, "equal": round(equal / total, 6),
+                           "within_1": round(within / total, 6)}  # fmt: skip
+    if graph is not None:
+        same, largest = 0, 0.0
+        for start in range(0, count, 64):
+            a = graph.run(np.stack(host_crops[start : start + 64]))["probabilities"]
+            b = graph.run(np.stack(device_crops[start : start + 64]))["probabilities"]
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            largest = max(largest, float(np.abs(a - b).max()))
+        out.update(top1_same=round(same / count, 6), max_probability_diff=largest)
     return out
 
 
@@ -77,9 +133,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(4) for name, data in images()]  # fmt: skip
         concurrent_same = sum(np.array_equal(job.result(), serial[name]) for name, job in jobs)
     where = "CPU (nvImageCodec's CPU decoder, the CPU provider)" if device_id is None else f"GPU {device_id}"
+    graph, preprocess, model = None, PREPROCESS, "none"
+    if args.model:
+        from pathlib import Path
+
+        from bench.serve_load import prepare_models
+        from core import metadata
+        from service.runtime import Graph
+
+        path = prepare_models([args.model], Path(args.work))[args.model]
+        graph = Graph(path, "cpu" if device_id is None else "cuda")
+        preprocess, model = metadata.preprocess_of(graph.meta), f"{args.model} ({graph.provider}, random weights)"
     return {"device": where, "preprocess": PREPROCESS, "equal": round(equal / total, 6),
             "within_1": round(within / total, 6), "concurrent_same": f"{concurrent_same} of {len(jobs)}",
-            "rows": rows}  # fmt: skip
+            "rows": rows, "model": model,
+            "parity": parity(device, limits, preprocess, args.parity, graph) if args.parity else None}  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -88,6 +156,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Device: {report['device']}; 256 -> 224 px, bilinear. Values equal: {report['equal']:.4%}; within one "
         f"level: {report['within_1']:.4%}. From 8 threads at once, the same crops as one at a time: "
         f"{report['concurrent_same']}.", "",
+        *([f"Parity set ({report['model']}): {report['parity']}", ""] if report.get("parity") else []),
         "| image | bytes | max diff | host CPU ms | host wall ms | device CPU ms | device wall ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
@@ -100,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_preprocess", description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="the CPU variant even where there is a GPU")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--parity", type=int, default=100, help="JPEGs in the parity set (0: none)")
+    p.add_argument("--model", help="bench/serve_load.py's model (resnet50, ...) for top-1 parity")
+    p.add_argument("--work", default="runs/serve_load", help="where --model is exported (serve_load's folder)")
     p.add_argument("--out", default="bench/results/gpu_preprocess")
     return p.parse_args(argv)
 
