@@ -349,7 +349,7 @@ def server_command(target: str, args: argparse.Namespace, graphs: dict[str, Path
     if target == "service":
         serving = work / f"serving-request-cpu-{args.model}-w{args.workers}.yaml"
         options = sl._parse(["--device", args.device, "--preprocessing", args.preprocessing])
-        serving.write_text(sl.serving_yaml(args.model, options, args.workers, 0))
+        serving.write_text(sl.serving_yaml(args.model, options, args.workers, args.decoding_processes))
         tree = args.tree.resolve()
         return sl.SERVE, {**env, "SERVING_CONFIG": str(serving), "PYTHONPATH": str(tree)}, "/readyz", tree
     if target == "fastapi":
@@ -376,6 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each measured wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of the wrk run before each measured one")
     p.add_argument("--workers", type=int, default=1, help="the service's worker processes")
+    p.add_argument("--decoding-processes", type=int, default=0, help="decoding.processes of each worker (0: threads)")
     p.add_argument(
         "--model",
         default="digits",
@@ -506,7 +507,8 @@ def run(args: argparse.Namespace) -> None:
     settings = (f"wrk, {args.duration:g} s measured after {args.warmup:g} s warm-up, one image a request (small: "
                 f"a 32x32 digits PNG, {len(pictures['small'][1])} bytes; photo: a 500x375 JPEG, "
                 f"{len(pictures['photo'][1])} bytes); {model[args.model]}; service workers "
-                f"{args.workers}, tree {args.tree.resolve()}; device {args.device}, preprocessing "
+                f"{args.workers} (decoding processes {args.decoding_processes}), tree {args.tree.resolve()}; device "
+                f"{args.device}, preprocessing "
                 f"{args.preprocessing}.")  # fmt: skip
     notes.append("floor (in this process, the service's own code, CPU time): " + "; ".join(
         f"{image}: decode + resize {f['decode_ms']} ms, the model {f['model_ms']} ms an image at batch "

@@ -180,7 +180,8 @@ def _decoded(image: Image.Image, part: str, preprocess: dict[str, Any]) -> np.nd
 
 
 def decoding_processes(processes: int) -> ProcessPoolExecutor | None:
-    """A pool of `processes` decoding processes, all started now (so that /readyz waits for them), or None.
+    """A pool of `processes` decoding processes, all started now, or None: `service.predict`'s, which sends them files
+    by the chunk (a serving worker sends one image at a time, to service/decoders.py's processes).
 
     Spawned, not forked: the serving process already runs threads (the event loop's, ONNX Runtime's),
     and a fork copies their locks in whatever state they are."""

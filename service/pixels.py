@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import typing as t
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from service.decode import decode, decode_within, header_cost
 from service.errors import InputError
 
 if t.TYPE_CHECKING:
+    from service.decoders import DecodingProcesses
     from service.device_pixels import DevicePixels
 
 # an image as a request carries it: a raw body, or a multipart part (held in memory, or spooled to disk when large)
@@ -77,7 +78,7 @@ async def pixels(
     preprocess: dict[str, Any],
     limits: Limits,
     budget: Budget,
-    decoder: ProcessPoolExecutor | None,
+    decoder: DecodingProcesses | None,
     device: DevicePixels | None = None,
 ) -> list[np.ndarray]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused. `device`: where the
@@ -140,9 +141,13 @@ async def pixels(
             # shielded: a request that goes away leaves the thread to finish and give the budget back itself
             return await asyncio.shield(loop.run_in_executor(threads, held, i, upload, cost))
         try:
-            data = await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(decoder, decode, data, i, limits, preprocess)
+            # a part spooled to disk is read in a thread; bytes are already in memory
+            data = (
+                upload
+                if isinstance(upload, bytes)
+                else await asyncio.to_thread(read, upload, i, limits.max_image_bytes)
+            )
+            return await decoder.decode(data, i, preprocess)
         finally:
             data = b""  # the bytes go before the budget they were counted in is given back
             budget.give_back(cost, trim=False)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import typing as t
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from service.device_pixels import DECODER_PACKAGES
 from service.pixels import Image, pixels
 
 if t.TYPE_CHECKING:
+    from service.decoders import DecodingProcesses
     from service.device_pixels import DevicePixels
 
 DECODER_MODULE = "nvidia.nvimgcodec"
@@ -57,7 +57,7 @@ class Host:
 
     name = "host"
 
-    def __init__(self, decoder: ProcessPoolExecutor | None = None) -> None:
+    def __init__(self, decoder: DecodingProcesses | None = None) -> None:
         self.decoder = decoder
         self.device: DevicePixels | None = None
 
@@ -133,7 +133,7 @@ def choose_or_exit(config: ServingConfig) -> str:
         exit_with(str(e))
 
 
-def backend(name: str, decoder: ProcessPoolExecutor | None = None, device_id: int = 0) -> Backend:
+def backend(name: str, decoder: DecodingProcesses | None = None, device_id: int = 0) -> Backend:
     """The backend `choose` named, for one worker (decoder: its decoding processes, or None for threads; device_id:
     the worker's GPU, for `gpu`, whose sessions must already be made: they load the CUDA libraries it uses)."""
     if name == "host":

@@ -24,7 +24,7 @@ from core.cores import session_threads, usable_cores
 from core.metadata import MODEL_FILE
 from service import config as serving_config
 from service import connections, gpus, packed, port, preprocessing, runtime, stored, timeout
-from service.decode import decoding_processes
+from service.decoders import DecodingProcesses
 from service.engine import Engine
 from service.http import app, keys
 from service.runtime import Graph
@@ -120,7 +120,7 @@ class Classifier(_StoredModels):
         chosen = preprocessing.choose(CONFIG)
         # the gpu backend decodes in the worker's threads: decoding processes would only idle beside it
         processes = gpus.decode_processes(CONFIG, WORKERS, cores) if chosen == "host" else 0
-        backend = preprocessing.backend(chosen, decoding_processes(processes), gpu)
+        backend = preprocessing.backend(chosen, DecodingProcesses(processes, CONFIG.limits) if processes else None, gpu)
         APP.state.engine = Engine(CONFIG, graphs, backend)
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]
