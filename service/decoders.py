@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import signal
 import socket
 import struct
 import typing as t
@@ -59,6 +60,8 @@ def serve(sock: socket.socket, limits: Limits) -> None:
     """A decoding process: frames in, frames out, until the worker closes its end."""
     from service.decode import decode  # the decoder's imports (PIL, numpy), before saying ready
 
+    # Ctrl-C at `bentoml serve` reaches its whole process group: the worker ends this process by closing the socket
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock.sendall(READY)
     while True:
         try:
