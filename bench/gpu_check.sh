@@ -13,7 +13,8 @@
 #      provider (a 224-px graph of almost no compute, 500x375 JPEGs, WORKERS workers, 64 and 256 connections),
 #      with a py-spy profile of the busiest worker at 256;
 #   3. bench.serve_load: ResNet-50 at 224 (random weights) on JPEGs, host preprocessing in each layout (worker
-#      processes : decoding processes) at CONCURRENCY clients, FastAPI on the CUDA provider, model-only fp32 and fp16;
+#      processes : decoding processes; 4:3 is what `gpus` gives 4 workers on 16 cores) at CONCURRENCY clients,
+#      FastAPI on the CUDA provider, model-only fp32 and fp16;
 #   4. the same with `preprocessing: gpu`, in the first layout.
 # The step limits add up to 480 s (issue 28: within 8 minutes of device time).
 # FULL=1 adds what earlier sessions measured (bench/README.md): bench.cuda_shapes and the service on fp16 graphs.
@@ -26,7 +27,7 @@ BACK=${OUT:-bench/results/gpu}
 OUT=runs/gpu_check/results
 MODEL=${MODEL:-resnet50}
 DEVICE=${DEVICE:-cuda}
-LAYOUTS=${LAYOUTS:-4:0 8:0}
+LAYOUTS=${LAYOUTS:-4:0 8:0 4:3}
 DURATION=${DURATION:-4}
 CONCURRENCY=${CONCURRENCY:-64 256}
 WORKERS=${WORKERS:-4}
@@ -53,15 +54,15 @@ export PATH="$PWD/$extra/bin:$PATH" LD_LIBRARY_PATH="$PWD/$extra/lib${LD_LIBRARY
 $PYTHON -c "import litserve" 2>/dev/null && litserve="" || litserve="--no-litserve"
 gpu_preprocessing=$([ "$DEVICE" = cuda ] && echo gpu || echo host)
 
-step gpu_preprocess 80 $PYTHON -m bench.gpu_preprocess --repeats 20 --parity 300 --model "$MODEL" \
+step gpu_preprocess 70 $PYTHON -m bench.gpu_preprocess --repeats 20 --parity 300 --model "$MODEL" \
   --work runs/gpu_check --out "$OUT/gpu_preprocess"
 if { wrk --version 2>&1 || true; } | grep -q "^wrk"; then  # it exits 1 after printing its version
   # shellcheck disable=SC2086  # the lists are meant to split
-  step request_cpu 90 $PYTHON -m bench.request_cpu --targets service fastapi --model photo-224 --images photo \
+  step request_cpu 80 $PYTHON -m bench.request_cpu --targets service fastapi --model photo-224 --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing host --duration "$DURATION" \
     --warmup 2 --work runs/gpu_check --label host --profile --out "$OUT/request_cpu_host"
   # shellcheck disable=SC2086
-  step request_cpu_gpu 60 $PYTHON -m bench.request_cpu --targets service --model photo-224 --images photo \
+  step request_cpu_gpu 50 $PYTHON -m bench.request_cpu --targets service --model photo-224 --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing "$gpu_preprocessing" \
     --duration "$DURATION" --warmup 2 --work runs/gpu_check --label "$gpu_preprocessing" --profile \
     --out "$OUT/request_cpu_gpu"
@@ -69,12 +70,12 @@ else
   echo "== request_cpu: skipped, no wrk that runs here (bench/gpu_stage.sh stages one)" | tee "$OUT/request_cpu.log"
 fi
 # shellcheck disable=SC2086
-step serve_load 170 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
+step serve_load 210 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --images jpeg --preprocessing host --no-ensemble $litserve --out "$OUT/serve_load"
 first_layout=${LAYOUTS%% *}
 # shellcheck disable=SC2086
-step serve_gpu_preprocess 80 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
+step serve_gpu_preprocess 70 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
   --preprocessing "$gpu_preprocessing" --images jpeg --layouts "$first_layout" --concurrency $CONCURRENCY \
   --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi \
   --no-litserve --out "$OUT/serve_gpu_preprocess"
