@@ -172,11 +172,14 @@ class DecodingProcesses:
         """uint8 [crop, crop, 3] of one image, as service/decode.py's `decode(data, index, limits, preprocess)`."""
         i = min(range(len(self.links)), key=lambda n: len(self.links[n].pending) + (not self.links[n].alive))
         link = await self._attached(i)
+        if not link.alive:  # it died while being attached: started again once
+            link = await self._attached(i)
+        if not link.alive or link.transport is None or link.transport.is_closing():
+            raise RuntimeError(f"decoding process {link.process.pid} ended before it took image {index}")
         ident = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         link.pending[ident] = (future, int(preprocess["crop_size"]))
         settings = json.dumps(preprocess).encode()
-        assert link.transport is not None
         link.transport.write(REQUEST.pack(ident, index, len(settings), len(data)) + settings + data)
         return await future
 

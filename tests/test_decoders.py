@@ -86,8 +86,13 @@ def test_a_process_that_dies_fails_what_it_held_and_the_next_image_is_decoded():
         data = _encoded((500, 375), 8)
 
         async def killed_then_again() -> tuple[BaseException, np.ndarray]:
+            await decoders.decode(data, 0, PREPROCESS)  # the process is attached to this loop
             pending = asyncio.ensure_future(decoders.decode(_encoded((4000, 3000), 9), 0, PREPROCESS))
-            await asyncio.sleep(0)  # the frame is written; the process is decoding a 12-megapixel image
+            for _ in range(10_000):  # until its frame is written: it is then decoding a 12-megapixel image
+                if decoders.links[0].pending:
+                    break
+                await asyncio.sleep(0)
+            assert decoders.links[0].pending, "the image never went to the process"
             os.kill(decoders.links[0].process.pid, signal.SIGKILL)
             with pytest.raises(RuntimeError) as failed:
                 await pending
