@@ -39,10 +39,9 @@ import numpy as np
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS
 from service.config import Limits
-from service.device_pixels import DevicePixels
 from service.files import Decoded, decode_chunk, decode_files, list_images, shown_path
 from service.models import Model
-from service.preprocessing import choose_for
+from service.preprocessing import choose_for, device_pixels, wanted
 from service.rows import Summary, batches, check_settings, rows
 
 PART_GLOB = "part-*.parquet"
@@ -157,13 +156,12 @@ class Classify:
                  preprocessing: str = "host"):  # fmt: skip
         """preprocessing: "gpu" to decode and resize the files' JPEGs on the actor's GPU (service/device_pixels.py),
         and the rest with Pillow, in `cpu_threads` threads of the actor."""
-        on_device = choose_for(preprocessing, device) == "gpu"  # the actor's node may differ from the driver's
+        chosen = choose_for(preprocessing, device)  # here: the actor's node may differ from the driver's
         self.model = Model.load(spec, voting, weights, device, batch_size, cpu_threads)
         self.batch_size, self.limits, self.out = batch_size, limits, out
         self.k, self.probabilities = min(top_k, len(self.model.labels)), probabilities
-        # Ray gives an actor its GPU as device 0 (CUDA_VISIBLE_DEVICES); made after the sessions, which load CUDA
-        self.device = DevicePixels(0) if on_device else None
-        self.threads = ThreadPoolExecutor(cpu_threads, "decode") if on_device else None
+        self.device = device_pixels(chosen)  # Ray gives an actor its GPU as device 0 (CUDA_VISIBLE_DEVICES)
+        self.threads = ThreadPoolExecutor(cpu_threads, "decode") if self.device is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         node = _node()
@@ -327,10 +325,7 @@ def predict_on_ray(
         raise UserError(f"--part-rows must be at least 1, got {rows_per_file}")
     if actors is not None and actors < 1:
         raise UserError(f"--actors must be at least 1, got {actors}")
-    if preprocessing not in ("auto", "host", "gpu"):
-        raise UserError(f"preprocessing must be auto, host or gpu, got {preprocessing!r}")
-    if preprocessing == "gpu" and device == "cpu":
-        raise UserError("--preprocessing gpu makes the pixels on the GPU, but --device is cpu: use --device cuda")
+    on_device = wanted(preprocessing, device)  # the rest is checked by each actor, on its node
     address = ray_address(address)
     try:
         import pyarrow  # noqa: F401
@@ -349,10 +344,8 @@ def predict_on_ray(
         gpus = gpus_in_cluster() if device != "cpu" else 0
         if device == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
-        if preprocessing == "gpu" and not gpus:
+        if on_device and not gpus:
             raise UserError("--preprocessing gpu: the Ray cluster has no GPU; use --preprocessing auto or host")
-        # auto stays on the host until the GPU backend is measured on a GPU (service/preprocessing.py, choose_for)
-        on_device = preprocessing == "gpu"
         plan = layout(cpus_in_cluster(), gpus, actors, decode_tasks, on_device)
         # a part is one actor call: at most rows_per_file rows, and at least 4 calls an actor, so that a small job
         # still spreads over every actor

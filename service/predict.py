@@ -26,6 +26,7 @@ import csv
 import json
 import sys
 import time
+import typing as t
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -36,11 +37,13 @@ from core.images import IMAGE_EXTENSIONS
 from core.voting import VOTINGS
 from service.config import Limits
 from service.decode import decoding_processes
-from service.device_pixels import DevicePixels
 from service.files import decode_files, list_images
 from service.models import Model
-from service.preprocessing import choose_for
+from service.preprocessing import choose_for, device_pixels
 from service.rows import Summary, batches, check_settings, rows
+
+if t.TYPE_CHECKING:
+    from service.device_pixels import DevicePixels
 
 COLUMNS = ("path", "label", "index", "probability", "top_k", "error")
 LIST_COLUMNS = ("top_k", "probabilities")  # JSON text in a CSV cell
@@ -185,11 +188,10 @@ def predict(
     # every setting is refused before the models load, and the file is opened after: a refusal leaves it be
     check_out(out)
     check_settings(top_k, batch_size, workers)
-    on_device = choose_for(preprocessing, device) == "gpu"
+    chosen = choose_for(preprocessing, device)
     if not isinstance(model, Model):
         model = Model.load(model, voting, weights, device, batch_size)
-    # made after the sessions, which load the CUDA libraries it uses; on the GPU they run on (service/models.py)
-    pixels_on = DevicePixels(0) if on_device else None
+    pixels_on = device_pixels(chosen)  # on GPU 0, where the sessions run (service/models.py)
     writer = Writer(out, probabilities)
     try:
         bar = Progress(len(paths), progress)

@@ -88,14 +88,28 @@ def choose(config: ServingConfig) -> str:
     return choose_for(config.preprocessing, config.device)
 
 
+def wanted(preprocessing: str, device: str) -> bool:
+    """Whether `preprocessing` asks for the gpu backend with sessions on `device`, by the rules that hold whatever the
+    machine (what a Ray driver can check for the cluster's GPUs); a PreprocessingError for a value or a device that
+    can never run it."""
+    if preprocessing not in ("auto", "host", "gpu"):
+        raise PreprocessingError(f"preprocessing must be auto, host or gpu, got {preprocessing!r}")
+    if preprocessing != "gpu":
+        # auto: "gpu" once bench/gpu_check.sh has measured the GPU backend's parity and speed on a GPU (issue 28)
+        return False
+    if device == "cpu":
+        raise PreprocessingError(
+            "preprocessing: gpu, but the sessions run on the CPU (device: cpu); use device cuda, or preprocessing "
+            "auto or host"
+        )
+    return True
+
+
 def choose_for(preprocessing: str, device: str) -> str:
     """The backend that `preprocessing` (auto | host | gpu) runs here for sessions on `device` (auto | cpu | cuda):
-    the one rule the service and `service.predict` share."""
-    if preprocessing in ("auto", "host"):
-        # auto: "gpu" once bench/gpu_check.sh has measured the GPU backend's parity and speed on a GPU (issue 28)
+    the one rule the service, `service.predict` and its Ray actors share."""
+    if not wanted(preprocessing, device):
         return "host"
-    if preprocessing != "gpu":
-        raise PreprocessingError(f"preprocessing must be auto, host or gpu, got {preprocessing!r}")
     if not gpu_present():
         raise PreprocessingError(
             "preprocessing: gpu, but this machine has no GPU: the GPU backend needs a GPU machine; "
@@ -133,13 +147,22 @@ def choose_or_exit(config: ServingConfig) -> str:
         exit_with(str(e))
 
 
+def device_pixels(name: str, device_id: int = 0) -> DevicePixels | None:
+    """The gpu backend's pixel work on GPU `device_id` where `choose` named "gpu", else None. Made after the
+    sessions, which load the CUDA libraries it uses."""
+    if name != "gpu":
+        return None
+    from service.device_pixels import DevicePixels
+
+    return DevicePixels(device_id)
+
+
 def backend(name: str, decoder: DecodingProcesses | None = None, device_id: int = 0) -> Backend:
     """The backend `choose` named, for one worker (decoder: its decoding processes, or None for threads; device_id:
     the worker's GPU, for `gpu`, whose sessions must already be made: they load the CUDA libraries it uses)."""
     if name == "host":
         return Host(decoder)
-    if name == "gpu":
-        from service.device_pixels import DevicePixels
-
-        return Gpu(DevicePixels(device_id))
+    device = device_pixels(name, device_id)
+    if device is not None:
+        return Gpu(device)
     raise PreprocessingError(f"no {name} preprocessing backend")

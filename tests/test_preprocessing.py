@@ -301,7 +301,7 @@ def test_on_ray_each_gpus_actor_decodes_its_own_files_with_gpu_preprocessing():
 
 
 @pytest.mark.parametrize(("options", "words"), [
-    ({"preprocessing": "gpu", "device": "cpu"}, "--preprocessing gpu makes the pixels on the GPU, but --device is cpu"),
+    ({"preprocessing": "gpu", "device": "cpu"}, "preprocessing: gpu, but the sessions run on the CPU (device: cpu)"),
     ({"preprocessing": "device"}, "preprocessing must be auto, host or gpu, got 'device'"),
 ])  # fmt: skip
 def test_gpu_preprocessing_on_ray_is_refused_before_ray_starts_where_it_cannot_run(tmp_path, options, words):
