@@ -10,7 +10,9 @@ threads calling the device at once get the same crops, and the CPU time (process
 and wall time per image of each, one image at a time. Then a parity set of `--parity` JPEGs (random crops of the
 photos at random sizes and qualities, the same every run): the share of values equal and within one level and, with
 `--model` (one of bench/serve_load.py's, random weights, exported into --work as serve_load does and kept for it),
-the share of images whose top-1 class is the same from either crop, and the largest difference in a probability.
+the share of images whose top-1 class is the same from either crop, and the largest difference in a probability;
+and the largest difference between the graph's answers for a batch of the device's crops gathered where they were
+made (service/device_batch.py, what the service runs) and for the same crops brought to the host: 0.
 Writes bench/results/gpu_preprocess.{json,md} (or --out).
 """
 
@@ -66,8 +68,10 @@ def parity_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     return out
 
 
-def parity(device, limits, preprocess: dict[str, Any], count: int, graph=None) -> dict[str, Any]:
-    """Pixel parity over `count` parity images and, with a graph, top-1 parity through it (batches of 64)."""
+def parity(device, limits, preprocess: dict[str, Any], count: int, graph=None, kept=None) -> dict[str, Any]:
+    """Pixel parity over `count` parity images and, with a graph, top-1 parity through it (batches of 64); with
+    `kept` (the device as the service makes it), the same batches gathered where its crops are (device_batch.py)
+    must get the graph's answers for those crops brought to the host."""
     from PIL import Image
 
     from service.decode import decode
@@ -92,6 +96,17 @@ def parity(device, limits, preprocess: dict[str, Any], count: int, graph=None) -
             same += int((a.argmax(1) == b.argmax(1)).sum())
             largest = max(largest, float(np.abs(a - b).max()))
         out.update(top1_same=round(same / count, 6), max_probability_diff=largest)
+    if graph is not None and kept is not None:
+        from service.device_batch import Crops, Memory, gather
+
+        memory, gathered = Memory.of(kept), 0.0
+        images = parity_images(count)
+        for start in range(0, count, 64):
+            crops = Crops(decode(data, name, limits, preprocess, kept) for name, data in images[start : start + 64])
+            on_host = np.stack([c if isinstance(c, np.ndarray) else c.numpy() for c in crops])
+            a = gather(graph, [crops], memory)["probabilities"]
+            gathered = max(gathered, float(np.abs(a - graph.run(on_host)["probabilities"]).max()))
+        out["gathered_max_diff"] = gathered  # 0.0: the batch read in place is the batch brought to the host
     return out
 
 
@@ -141,11 +156,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from service.runtime import Graph
 
         path = prepare_models([args.model], Path(args.work))[args.model]
-        graph = Graph(path, "cpu" if device_id is None else "cuda")
+        # one fixed size, as the service pads to: the parity set's last batch reads its padding from the buffer
+        graph = Graph(path, "cpu" if device_id is None else "cuda", sizes=[64])
         preprocess, model = metadata.preprocess_of(graph.meta), f"{args.model} ({graph.provider}, random weights)"
     return {"device": where, "preprocess": PREPROCESS, "concurrent_same": f"{concurrent_same} of {len(jobs)}",
             "rows": rows, "model": model,
-            "parity": parity(device, limits, preprocess, args.parity, graph) if args.parity else None}  # fmt: skip
+            "parity": parity(device, limits, preprocess, args.parity, graph, DevicePixels(device_id, keep=True))
+            if args.parity else None}  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ def _out_of_memory(error: Exception) -> bool:
 
 @dataclass
 class _Pending:
-    pixels: np.ndarray  # uint8 [n, H, W, 3]
+    pixels: t.Sized  # a request's n images: uint8 [n, H, W, 3], or what the preprocessing backend made them into
     future: asyncio.Future
     queued: float = field(default_factory=time.perf_counter)
 
@@ -48,8 +48,10 @@ class _Pending:
 class Batcher:
     """`await batcher(pixels)` -> probabilities for those images, run in batches with other callers'.
 
-    run: the batched session call, uint8 [N, H, W, 3] -> float32 [N, C]; it runs on `executor`, so one
-    single-thread executor shared by every model keeps ONNX Runtime calls from competing for cores.
+    run: the batched session call, the requests' pixels in order (each uint8 [n, H, W, 3], or a backend's own
+    sequence of n crops: service/preprocessing.py) -> float32 [N, C]; it runs on `executor`, so one single-thread
+    executor shared by every model keeps ONNX Runtime calls from competing for cores, and the requests' pixels are
+    joined there, off the event loop.
     observe(images, seconds) is told the size and duration of each call (the /metrics histograms).
 
         with batcher.incoming():          # while the request's uploads decode
@@ -60,7 +62,7 @@ class Batcher:
 
     def __init__(
         self,
-        run: t.Callable[[np.ndarray], np.ndarray],
+        run: t.Callable[[list[t.Any]], np.ndarray],
         executor: Executor,
         max_batch_size: int,
         max_latency_ms: float,
@@ -84,8 +86,8 @@ class Batcher:
             self.decoding -= 1
             self.changed.set()
 
-    def submit(self, pixels: np.ndarray) -> asyncio.Future:
-        """Queues uint8 [n, H, W, 3]; the future gets float32 [n, C] (or Overloaded, or the session's error).
+    def submit(self, pixels: t.Sized) -> asyncio.Future:
+        """Queues a request's n images; the future gets float32 [n, C] (or Overloaded, or the session's error).
         Not a coroutine, so that inside `incoming()` the request is queued before it stops counting as decoding."""
         future = asyncio.get_running_loop().create_future()
         self.queue.append(_Pending(pixels, future))
@@ -94,7 +96,7 @@ class Batcher:
             self.worker = asyncio.create_task(self._drain())
         return future
 
-    async def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    async def __call__(self, pixels: t.Sized) -> np.ndarray:
         return await self.submit(pixels)
 
     async def _wait_for_decoding(self) -> None:
@@ -140,18 +142,18 @@ class Batcher:
             batch = self._take()
             if not batch:
                 continue
-            pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([p.pixels for p in batch])
+            images = sum(len(p.pixels) for p in batch)
             start = time.perf_counter()
             try:
-                probabilities = await loop.run_in_executor(self.executor, self.run, pixels)
+                probabilities = await loop.run_in_executor(self.executor, self.run, [p.pixels for p in batch])
             except Exception as e:  # the session failed: every caller in the batch gets the error
                 if _out_of_memory(e):
-                    e = Overloaded(f"the device ran out of memory running {len(pixels)} images; retry later")
+                    e = Overloaded(f"the device ran out of memory running {images} images; retry later")
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(e)
                 continue
-            self.observe(len(pixels), time.perf_counter() - start)
+            self.observe(images, time.perf_counter() - start)
             offset = 0
             for p in batch:
                 if not p.future.done():

@@ -23,6 +23,8 @@ from service.config import Limits
 from service.errors import InputError
 
 if t.TYPE_CHECKING:
+    from onnxruntime import OrtValue
+
     from service.device_pixels import DevicePixels
 
 logger = logging.getLogger("service")
@@ -123,9 +125,10 @@ def cost_of(image: Image.Image, preprocess: dict[str, Any]) -> int:
 
 def decode(
     data: bytes, index: int | str, limits: Limits, preprocess: dict[str, Any], device: DevicePixels | None = None
-) -> np.ndarray:
+) -> np.ndarray | OrtValue:
     """One upload (the `index`-th of its request, or a file's name) -> uint8 [crop, crop, 3] under the
-    model's own eval resize + center crop; on `device` where it takes the image (service/device_pixels.py)."""
+    model's own eval resize + center crop; on `device` where it takes the image (service/device_pixels.py: an
+    OrtValue there if it keeps its crops)."""
     part = f"image {index}"
     with _opened(data, part, limits, preprocess, device) as image:
         return _made(image, data, part, preprocess, device)
@@ -138,7 +141,7 @@ def decode_within(
     preprocess: dict[str, Any],
     take: t.Callable[[int], bool],
     device: DevicePixels | None = None,
-) -> np.ndarray | int:
+) -> np.ndarray | OrtValue | int:
     """`decode`, with the header read once: its pixels if `take(cost)` (the decoding budget) grants what decoding
     it costs, else that cost, for the caller to wait for and decode the image later."""
     part = f"image {index}"
@@ -151,7 +154,7 @@ def decode_within(
 
 def _made(
     image: Image.Image, data: bytes, part: str, preprocess: dict[str, Any], device: DevicePixels | None
-) -> np.ndarray:
+) -> np.ndarray | OrtValue:
     """The pixels, from `device` where `_opened` marked the image for it, else (or where its decoder gave up: Pillow
     then decodes the image, or refuses it with the reason) Pillow's."""
     if device is not None and getattr(image, "on_device", False):

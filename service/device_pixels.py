@@ -14,7 +14,9 @@ Pillow and checks the limits, and the decoding budget counts the image as if the
 
 Ordering on a GPU: nvImageCodec decodes on the CUDA stream it is given and ONNX Runtime runs on the stream its CUDA
 provider is given (`user_compute_stream`); both get one stream made here, so the resize reads a finished decode.
-The crop comes back to the host (bound to "cpu"): the engine batches host arrays as it does for the host backend.
+Where the crop goes: in the service (`keep`), it stays on the device as an OrtValue, and the engine's batch is copied
+together there and read in place by the model (service/device_batch.py); `service.predict` and its Ray actors bring it
+back to the host (bound to "cpu") and batch host arrays as the host backend does.
 
 Threads: a worker's decoding threads call `pixels` together, and nvImageCodec 0.9's decoder, called from 8 threads at
 once, crashed the process ("pure virtual method called", 2 runs of 3 on the CPU): decoding holds a lock, the resize
@@ -40,6 +42,9 @@ from PIL import Image
 
 from core import resample
 
+if t.TYPE_CHECKING:
+    from onnxruntime import OrtValue
+
 # the nvImageCodec packages for CUDA 13, the CUDA onnxruntime-gpu 1.31 links; nvJPEG is what it decodes JPEG with
 DECODER_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
 ORIENTATION = 0x0112  # the EXIF tag
@@ -48,7 +53,9 @@ ORIENTATION = 0x0112  # the EXIF tag
 class DevicePixels:
     """Decode + resize + crop on one device: a GPU (`device_id`) or, for tests, the CPU (None)."""
 
-    def __init__(self, device_id: int | None) -> None:
+    def __init__(self, device_id: int | None, keep: bool = False) -> None:
+        """keep: `pixels` answers each crop as an OrtValue where it was made (for service/device_batch.py), not as a
+        host array."""
         import onnxruntime as ort
 
         # nvImageCodec prints two lines for each image it cannot decode: a client sending broken JPEGs would write
@@ -56,7 +63,7 @@ class DevicePixels:
         os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
         from nvidia import nvimgcodec
 
-        self.device_id = device_id
+        self.device_id, self.keep = device_id, keep
         self.decoding = threading.Lock()
         if device_id is None:
             self.decoder = nvimgcodec.Decoder(
@@ -85,8 +92,9 @@ class DevicePixels:
             return False
         return "exif" not in image.info or image.getexif().get(ORIENTATION, 1) == 1
 
-    def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | None:
-        """uint8 [crop, crop, 3] of a JPEG `takes` accepted, or None where the decoder could not read it."""
+    def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | OrtValue | None:
+        """uint8 [crop, crop, 3] of a JPEG `takes` accepted (on the host, or where it was made if `keep`), or None where
+        the decoder could not read it."""
         with self.decoding:  # one decode at a time: from several threads at once, nvImageCodec 0.9 crashed the process
             decoded = self.decoder.decode(data, cuda_stream=self.stream)
         if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
@@ -105,9 +113,9 @@ class DevicePixels:
             binding.bind_input("pixels", "cuda", self.device_id, np.uint8, [size[1], size[0], 3], address)
         binding.bind_cpu_input("rows", plan.rows)
         binding.bind_cpu_input("cols", plan.cols_t)
-        binding.bind_output("crop", "cpu")
+        binding.bind_output("crop", self.where if self.keep else "cpu", self.device_id or 0)
         self.sessions[plan.vertical_first].run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.get_outputs()[0] if self.keep else binding.copy_outputs_to_cpu()[0]
 
 
 class _Plan(t.NamedTuple):

@@ -50,9 +50,10 @@ class Engine:
         # calls that overlap would only compete for them
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         batching = config.batching
+        self.backend = backend or Host()
         self.batchers = {
             name: Batcher(
-                lambda pixels, graph=graph: graph.run(pixels)["probabilities"],
+                lambda parts, graph=graph: self.backend.run(graph, parts)["probabilities"],
                 executor,
                 batching.max_batch_size,
                 batching.max_latency_ms,
@@ -64,7 +65,6 @@ class Engine:
         self.info = {name: _info(tag, graph) for name, (tag, graph) in graphs.items()}
         self.preprocess = {name: metadata.preprocess_of(graph.meta) for name, graph in self.graphs.items()}
         self.budget = Budget(self.limits.decode_budget_bytes, self.limits.decode_wait_ms)
-        self.backend = backend or Host()
 
     @staticmethod
     def warm(graphs: dict[str, tuple[str, Graph]]) -> None:

@@ -30,6 +30,8 @@ from service.decode import decode, decode_within, header_cost
 from service.errors import InputError
 
 if t.TYPE_CHECKING:
+    from onnxruntime import OrtValue
+
     from service.decoders import DecodingProcesses
     from service.device_pixels import DevicePixels
 
@@ -80,9 +82,10 @@ async def pixels(
     budget: Budget,
     decoder: DecodingProcesses | None,
     device: DevicePixels | None = None,
-) -> list[np.ndarray]:
+) -> list[np.ndarray | OrtValue]:
     """uint8 [crop, crop, 3] per image, in order; an InputError for the first image refused. `device`: where the
-    images it takes are decoded and resized (service/device_pixels.py), in the same threads and budget."""
+    images it takes are decoded and resized (service/device_pixels.py), in the same threads and budget (their crops
+    OrtValues where it made them, if it keeps them)."""
 
     def here(cost: int, part: str) -> bool:
         """Whether the thread that read an image's header decodes it now: not where decoding processes do it, nor a
@@ -90,7 +93,7 @@ async def pixels(
         budget.check(cost, part)
         return decoder is None and cost <= LARGE_BYTES and budget.take(cost)
 
-    def first(i: int, upload: Image) -> np.ndarray | int:
+    def first(i: int, upload: Image) -> np.ndarray | OrtValue | int:
         """The pixels, where this thread may decode them now; else the cost of decoding them (from the header, the
         image's own bytes counted), for the event loop to wait for."""
         if not isinstance(upload, bytes):
@@ -110,9 +113,9 @@ async def pixels(
         finally:
             if taken:
                 budget.give_back(taken)
-        return got if isinstance(got, np.ndarray) else got + len(upload)
+        return got + len(upload) if isinstance(got, int) else got
 
-    def spooled(i: int, upload: UploadFile) -> np.ndarray | int:
+    def spooled(i: int, upload: UploadFile) -> np.ndarray | OrtValue | int:
         """A part of a large multipart body, in Starlette's spooled file: its cost from its header alone, its bytes
         read only once the budget holds them. Parts waiting with their bytes took a worker 1.2 GB past its budget
         (issue 31); parts read whole to find their cost held the threads that decode ordinary requests' images a few
@@ -121,7 +124,7 @@ async def pixels(
         cost = header_cost(upload.file, i, limits, preprocess) + size
         return held(i, upload, cost) if here(cost, f"image {i}") else cost
 
-    def held(i: int, upload: Image, cost: int) -> np.ndarray:
+    def held(i: int, upload: Image, cost: int) -> np.ndarray | OrtValue:
         """Decode an image whose cost the budget holds, and give it back, in this thread: its bytes are the call's
         alone, gone by then, and the memory trim after a large image (service/budget.py) does not stop the event
         loop (on it, the trims after 40 MP images were 4% of the loop's time under three requests of 64 of them)."""
@@ -130,9 +133,9 @@ async def pixels(
         finally:
             budget.give_back(cost)
 
-    async def one(i: int, upload: Image) -> np.ndarray:
+    async def one(i: int, upload: Image) -> np.ndarray | OrtValue:
         cost = await asyncio.to_thread(first, i, upload)
-        if isinstance(cost, np.ndarray):
+        if not isinstance(cost, int):  # the pixels, made in that thread
             return cost
         await budget.wait_to_take(cost, f"image {i}")
         if decoder is None:
@@ -160,4 +163,4 @@ async def pixels(
     for result in decoded:
         if isinstance(result, BaseException):
             raise result
-    return t.cast(list[np.ndarray], decoded)
+    return t.cast("list[np.ndarray | OrtValue]", decoded)

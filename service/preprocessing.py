@@ -7,9 +7,10 @@ resize size and crop box of core/preprocess.py. A backend only does the pixel wo
 - host: Pillow decodes, resizes and crops each image (service/pixels.py, service/decode.py), in threads or decoding
   processes, and the images are stacked on the host. The reference, and what every machine without a GPU runs.
 - gpu: nvImageCodec decodes each JPEG it can on the worker's GPU and core/resample.py's exact resize + crop runs there
-  as an ONNX graph (service/device_pixels.py); the crop comes back to the host to be batched, and every other image
-  takes the host path. Opt-in: `auto` runs host everywhere until the GPU backend's parity and speed have been
-  measured on a GPU (issue 28; bench/gpu_check.sh). `gpu` where it cannot run stops start-up (`choose_or_exit`).
+  as an ONNX graph (service/device_pixels.py); every other image takes the host path. The crops stay on the GPU: a
+  batch is copied together there and the model reads it in place (service/device_batch.py). Opt-in: `auto` runs
+  host everywhere until the GPU backend's parity and speed have been measured on a GPU (issue 28;
+  bench/gpu_check.sh). `gpu` where it cannot run stops start-up (`choose_or_exit`).
 
 The key is named `preprocessing`, not `preprocess`, because `preprocess` already means the resize and crop settings
 a graph carries (core/metadata.py, `preprocess_of`), which serving.yaml does not change; and the values say where
@@ -33,7 +34,9 @@ from service.pixels import Image, pixels
 
 if t.TYPE_CHECKING:
     from service.decoders import DecodingProcesses
+    from service.device_batch import Crops
     from service.device_pixels import DevicePixels
+    from service.runtime import Graph
 
 DECODER_MODULE = "nvidia.nvimgcodec"
 # what the gpu backend needs beyond the serving packages: the decoder, and onnx, which builds its resize graph;
@@ -42,14 +45,16 @@ GPU_PACKAGES = (*DECODER_PACKAGES, "onnx")
 
 
 class Backend(t.Protocol):
-    """Fills one request's batch: `await backend.batch(images, preprocess, limits, budget)` -> uint8
-    [len(images), crop, crop, 3], or an InputError naming the first image refused."""
+    """Makes one request's pixels, `await backend.batch(images, preprocess, limits, budget)` (an InputError naming the
+    first image refused), and runs a batch of several requests' through a graph, `backend.run(graph, parts)`."""
 
     name: str
 
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
-    ) -> np.ndarray: ...
+    ) -> np.ndarray | Crops: ...
+
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]: ...
 
 
 class Host:
@@ -64,19 +69,43 @@ class Host:
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
     ) -> np.ndarray:
+        """uint8 [len(images), crop, crop, 3]."""
         one_each = await pixels(images, preprocess, limits, budget, self.decoder, self.device)
         return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
+        """The graph's outputs for the requests' pixels `parts`, in order (run on the engine's session thread)."""
+        return graph.run(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
 class Gpu(Host):
     """The images `device` takes (service/device_pixels.py: JPEGs) decoded and resized on it, the rest by Pillow,
-    image by image, in the host backend's threads and within its budget (no decoding processes)."""
+    image by image, in the host backend's threads and within its budget (no decoding processes). With `keep`, a
+    request's crops stay where they were made and a batch is gathered there (service/device_batch.py)."""
 
     name = "gpu"
 
     def __init__(self, device: DevicePixels) -> None:
+        from service import device_batch  # ONNX Runtime's buffers: imported where a gpu backend is made
+
         super().__init__(None)
         self.device = device
+        self.memory = device_batch.Memory.of(device)
+        self.crops, self.gather = device_batch.Crops, device_batch.gather
+
+    async def batch(
+        self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
+    ) -> np.ndarray | Crops:
+        """The host backend's batch where every image took the host path, else the request's `Crops`."""
+        one_each = await pixels(images, preprocess, limits, budget, None, self.device)
+        if all(isinstance(crop, np.ndarray) for crop in one_each):
+            return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+        return self.crops(one_each)
+
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
+        if all(isinstance(part, np.ndarray) for part in parts):
+            return super().run(graph, parts)
+        return self.gather(graph, parts, self.memory)
 
 
 class PreprocessingError(UserError):
@@ -147,14 +176,14 @@ def choose_or_exit(config: ServingConfig) -> str:
         exit_with(str(e))
 
 
-def device_pixels(name: str, device_id: int = 0) -> DevicePixels | None:
-    """The gpu backend's pixel work on GPU `device_id` where `choose` named "gpu", else None. Made after the
-    sessions, which load the CUDA libraries it uses."""
+def device_pixels(name: str, device_id: int = 0, keep: bool = False) -> DevicePixels | None:
+    """The gpu backend's pixel work on GPU `device_id` where `choose` named "gpu", else None (keep: its crops stay on
+    the GPU, for the service's batches). Made after the sessions, which load the CUDA libraries it uses."""
     if name != "gpu":
         return None
     from service.device_pixels import DevicePixels
 
-    return DevicePixels(device_id)
+    return DevicePixels(device_id, keep)
 
 
 def backend(name: str, decoder: DecodingProcesses | None = None, device_id: int = 0) -> Backend:
@@ -162,7 +191,7 @@ def backend(name: str, decoder: DecodingProcesses | None = None, device_id: int 
     the worker's GPU, for `gpu`, whose sessions must already be made: they load the CUDA libraries it uses)."""
     if name == "host":
         return Host(decoder)
-    device = device_pixels(name, device_id)
+    device = device_pixels(name, device_id, keep=True)
     if device is not None:
         return Gpu(device)
     raise PreprocessingError(f"no {name} preprocessing backend")

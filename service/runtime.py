@@ -124,10 +124,11 @@ class Graph:
         # a session per size on the GPU (each sees one shape); on the CPU a new shape costs nothing, so one
         # session serves every size and the weights are held once
         self.calls: dict[int, _Call] = {}
+        # CUDA graphs: each size's session replays its kernels on buffers of its own (`run_at` cannot run there)
+        self.captured = bool(cuda.cuda_graph and self.on_gpu)
         for i, size in enumerate(self.sizes or []):
             s = first if i == 0 or not self.on_gpu else session()
-            captured = cuda.cuda_graph and self.on_gpu
-            self.calls[size] = _Captured(s, size, self.input_shape, device_id=device_id) if captured else _Call(s)
+            self.calls[size] = _Captured(s, size, self.input_shape, device_id=device_id) if self.captured else _Call(s)
         self.any_size = _Call(first)
 
     def run_size(self, images: int) -> int:
@@ -249,5 +250,5 @@ class _Captured(_Call):
 
     def at(self, address: int, shape: tuple[int, ...], device: str, device_id: int) -> dict[str, np.ndarray]:
         # a captured graph replays its kernels on the buffers bound at capture: another address would need a copy
-        # into `self.input` on the device, which the GPU preprocessing backend (not built yet) is to make
+        # into `self.input` on the device (service/device_batch.py brings such a graph's crops to the host instead)
         raise NotImplementedError("cuda.cuda_graph sessions take their batch in their own bound buffer")

@@ -87,7 +87,7 @@ def images(*values: int) -> np.ndarray:
 def batcher(model: HeldModel, **settings) -> Batcher:
     # no shedding and no waiting unless a test asks: a slow machine cannot change which requests share a call
     settings = {"max_batch_size": 64, "max_latency_ms": FOREVER_MS, "max_wait_ms": FOREVER_MS, **settings}
-    return Batcher(model, ThreadPoolExecutor(1), **settings)
+    return Batcher(lambda parts: model(np.concatenate(parts)), ThreadPoolExecutor(1), **settings)
 
 
 def run(test) -> object:

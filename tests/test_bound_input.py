@@ -1,6 +1,7 @@
-"""A batch bound where it lies (service/runtime.py, `Graph.run_at`): what a GPU preprocessing backend hands ONNX
-Runtime, a buffer's address. Here the buffer is on the host ("cpu"), which ONNX Runtime binds the same way; the
-answers must be the plain `session.run`'s, with any batch size and with fixed sizes (padding from the buffer)."""
+"""A batch bound where it lies (service/runtime.py, `Graph.run_at`): what the gpu preprocessing backend hands ONNX
+Runtime, a buffer's address, once service/device_batch.py has gathered the requests' crops into it. Here the buffer
+and the crops are on the host ("cpu"), which ONNX Runtime binds the same way; the answers must be the plain
+`session.run`'s, with any batch size and with fixed sizes (padding from the buffer)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,72 @@ def test_a_captured_size_says_it_takes_its_batch_in_its_own_buffer(path):
     pixels = np.zeros((4, *graph.input_shape), np.uint8)
     with pytest.raises(NotImplementedError, match="own bound buffer"):
         captured.at(pixels.ctypes.data, pixels.shape, "cpu", 0)
+
+
+# service/device_batch.py: a batch gathered where the gpu backend's crops are ("cpu" OrtValues here, as ONNX Runtime
+# makes them on a GPU), then read in place; the answers must be those of the same pixels stacked on the host
+def _ortvalue(crop: np.ndarray):
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(crop)
+
+
+def test_a_batch_gathered_from_requests_crops_gets_the_stacked_batchs_answers(path):
+    from service.device_batch import Crops, Memory, gather
+
+    rng = np.random.default_rng(2)
+    for sizes in (None, [1, 2, 4]):
+        graph = Graph(path, "cpu", 1, sizes=sizes)
+        memory = Memory("cpu")
+        for counts in ((1,), (2, 1), (3, 2, 2), (1, 1, 1, 1, 1, 4)):  # padding to the next size; past the largest
+            requests = [rng.integers(0, 256, (n, *graph.input_shape), dtype=np.uint8) for n in counts]
+            parts = [
+                # a request whose images all took the host path is one host array; the others mix kept crops with
+                # host arrays (images the device left to Pillow)
+                pixels if i % 2 else Crops(_ortvalue(c) if j % 3 != 1 else c for j, c in enumerate(pixels))
+                for i, pixels in enumerate(requests)
+            ]
+            expected = graph.run(np.concatenate(requests))["probabilities"]
+            got = gather(graph, parts, memory)["probabilities"]
+            assert got.shape == expected.shape, counts
+            np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+            buffer = memory.buffers[graph.input_shape].numpy()
+            images, rows = sum(counts), graph.run_size(sum(counts))
+            assert np.array_equal(buffer[:images], np.concatenate(requests)), counts
+            assert not buffer[images:rows].any(), counts  # the fixed size's padding is black, whatever was there
+
+
+def test_the_buffer_is_kept_and_grows_for_a_larger_batch(path):
+    from service.device_batch import Memory
+
+    memory = Memory("cpu")
+    shape = (32, 32, 3)
+    first = memory.buffer(4, shape)
+    assert memory.buffer(2, shape) == first and memory.buffer(4, shape) == first
+    memory.buffer(9, shape)
+    assert memory.buffers[shape].shape() == [9, *shape]
+
+
+def test_a_crop_of_another_size_is_refused_before_it_is_copied(path):
+    from service.device_batch import Crops, Memory, gather
+
+    graph = Graph(path, "cpu", 1)
+    memory = Memory("cpu")
+    right = np.zeros(graph.input_shape, np.uint8)
+    for wrong in (np.zeros((16, 16, 3), np.uint8), _ortvalue(np.zeros((33, 32, 3), np.uint8)),
+                  _ortvalue(np.zeros(graph.input_shape, np.float32))):  # fmt: skip
+        with pytest.raises(ValueError, match=r"in a batch of uint8 \(32, 32, 3\)"):
+            gather(graph, [Crops([right, wrong])], memory)
+
+
+def test_a_captured_graph_gets_the_crops_on_the_host(path, monkeypatch):
+    """CUDA graphs read their own bound buffer: the gathered batch goes through `run` instead (here a CPU graph
+    marked captured, whose `run_at` would fail the test)."""
+    from service.device_batch import Crops, Memory, gather
+
+    graph = Graph(path, "cpu", 1, sizes=[1, 2, 4])
+    graph.captured = True
+    monkeypatch.setattr(graph, "run_at", lambda *args: pytest.fail("a captured graph was run at an address"))
+    pixels = np.random.default_rng(3).integers(0, 256, (3, *graph.input_shape), dtype=np.uint8)
+    got = gather(graph, [pixels[:1], Crops([_ortvalue(pixels[1]), pixels[2]])], Memory("cpu"))
+    np.testing.assert_allclose(got["probabilities"], graph.run(pixels)["probabilities"], atol=1e-6, rtol=0)

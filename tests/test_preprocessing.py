@@ -106,6 +106,15 @@ def device():
     return DevicePixels(None)
 
 
+@pytest.fixture(scope="module")
+def kept():
+    """The device as the service makes it: its crops kept where they were made, for a batch gathered there."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    from service.device_pixels import DevicePixels
+
+    return DevicePixels(None, keep=True)
+
+
 def _encoded(pixels: np.ndarray, fmt: str = "JPEG", mode: str = "RGB", **options) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(out, fmt, **options)
@@ -165,9 +174,13 @@ def test_what_the_device_leaves_to_the_host(device):
         assert device.takes(image, ImageNet)  # EXIF, but upright
 
 
-def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(device):
-    """A request of every kind of image: the gpu backend's batch equals the host backend's; a JPEG cut short is one
-    the device's decoder gives up on, and Pillow's refusal of it (400) is the answer either way."""
+def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(kept):
+    """A request of every kind of image: the gpu backend's crops (the JPEGs' kept where the device made them) are the
+    host backend's pixels; a JPEG cut short is one the device's decoder gives up on, and Pillow's refusal of it (400)
+    is the answer either way."""
+    import onnxruntime as ort
+
+    from service.device_batch import Crops
     from service.errors import InputError
 
     limits = Limits()
@@ -178,13 +191,18 @@ def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(devi
     def batch(backend, upload):
         return asyncio.run(backend.batch(upload, ImageNet, limits, Budget(limits.decode_budget_bytes, 1000)))
 
-    gpu = preprocessing.Gpu(device)
+    gpu = preprocessing.Gpu(kept)
     assert gpu.name == "gpu"
-    assert np.array_equal(batch(gpu, images), batch(preprocessing.Host(), images))
+    crops = batch(gpu, images)
+    assert isinstance(crops, Crops)
+    assert [type(crop) for crop in crops] == [ort.OrtValue, np.ndarray, np.ndarray, ort.OrtValue, np.ndarray]
+    on_host = np.stack([crop if isinstance(crop, np.ndarray) else crop.numpy() for crop in crops])
+    assert np.array_equal(on_host, batch(preprocessing.Host(), images))
+    assert isinstance(batch(gpu, images[1:3]), np.ndarray)  # nothing the device took: the host backend's batch
     cut = images[0][: len(images[0]) // 2]
     with Image.open(io.BytesIO(cut)) as image:
-        assert device.takes(image, ImageNet)  # its header is whole
-    assert device.pixels(cut, (500, 375), ImageNet) is None
+        assert kept.takes(image, ImageNet)  # its header is whole
+    assert kept.pixels(cut, (500, 375), ImageNet) is None
     refusals = []
     for backend in (gpu, preprocessing.Host()):
         with pytest.raises(InputError) as refused:
@@ -206,26 +224,31 @@ def test_the_device_is_called_from_many_threads_at_once(device):
     assert all(np.array_equal(g, expected[i % len(cuts)]) for i, g in enumerate(got))
 
 
-def test_the_routes_answer_the_same_through_the_gpu_backend(device, tmp_path, monkeypatch):
-    """The in-process app with the engine on the gpu backend (its CPU variant) against the same app on the host
-    backend, a 224-px graph: the same JSON for JPEG photos (multipart and as the whole body), a PNG, a grayscale
-    JPEG, and the same 400 for a JPEG cut short."""
+def test_the_routes_answer_the_same_through_the_gpu_backend(kept, tmp_path, monkeypatch):
+    """The in-process app with the engine on the gpu backend (its CPU variant, crops kept and gathered where they were
+    made) against the same app on the host backend, a 224-px graph with fixed batch sizes: the same JSON for JPEG
+    photos (multipart and as the whole body), a PNG, a grayscale JPEG, and the same 400 for a JPEG cut short."""
     from starlette.testclient import TestClient
 
+    from service import device_batch
     from service.engine import Engine
     from service.http import app as http_app
     from service.runtime import Graph
     from tests.tiny_onnx import tiny_graph
 
     config = _config("ensembles:\n  default: {members: [a]}\n")
-    graphs = {"a": ("a:v1", Graph(tiny_graph(tmp_path / "a.onnx", 0, crop_size=224, resize_size=256), "cpu", 1))}
+    path = tiny_graph(tmp_path / "a.onnx", 0, crop_size=224, resize_size=256)
+    graphs = {"a": ("a:v1", Graph(path, "cpu", 1, sizes=[1, 2, 4]))}  # 3 images run as 4: padding in the buffer
     photos = _photos()
     jpegs = [_encoded(photos[0][:375, :500]), _encoded(photos[2][:300, :400], quality=70)]
     others = [_encoded(photos[1][:200, :300], "PNG"), _encoded(photos[3][:250, :250], mode="L")]
-    made, pixels = [], device.pixels
-    monkeypatch.setattr(device, "pixels", lambda *args: made.append(args[1]) or pixels(*args))
+    made, pixels = [], kept.pixels
+    monkeypatch.setattr(kept, "pixels", lambda *args: made.append(args[1]) or pixels(*args))
+    gpu, gathered = preprocessing.Gpu(kept), []
+    monkeypatch.setattr(gpu, "gather", lambda graph, parts, memory: gathered.append(
+        [len(part) for part in parts]) or device_batch.gather(graph, parts, memory))  # fmt: skip
     answers = []
-    for backend in (preprocessing.Gpu(device), preprocessing.Host()):
+    for backend in (gpu, preprocessing.Host()):
         app = http_app.build(config)
         with TestClient(app) as client:
             app.state.engine = Engine(config, graphs, backend)
@@ -241,6 +264,7 @@ def test_the_routes_answer_the_same_through_the_gpu_backend(device, tmp_path, mo
     assert answers[0] == answers[1]
     # the JPEGs of the first three requests, and the cut one, which the device gave up on and Pillow refused
     assert sorted(made) == [(400, 300)] * 3 + [(500, 375)] * 3, made  # in whatever order the threads took them
+    assert gathered == [[4], [1], [2]], gathered  # each request's crops read where they were made
 
 
 def test_files_are_classified_through_the_device_as_through_the_host(device, tmp_path, monkeypatch):
