@@ -9,9 +9,10 @@
 #   1. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
 #      host path: the 8-thread check, host CPU per image, pixel and top-1 parity over 300 JPEGs through MODEL
 #      (exported here, as step 3 then finds it);
-#   2. bench.request_cpu under wrk: host CPU per request, `preprocessing` host and gpu, against FastAPI on the CUDA
-#      provider (a 224-px graph of almost no compute, 500x375 JPEGs, WORKERS workers, 64 and 256 connections),
-#      with a py-spy profile of the busiest worker at 256;
+#   2. bench.request_cpu under wrk (a C load generator): img/s and host CPU per request (and beyond its floor: the
+#      decoding and the session call's host part, timed in-process), `preprocessing` host and gpu, against FastAPI on
+#      the CUDA provider (MODEL, 500x375 JPEGs, WORKERS workers, 64 and 256 connections), with a py-spy profile of
+#      the busiest worker at 256;
 #   3. bench.serve_load: ResNet-50 at 224 (random weights) on JPEGs, host preprocessing in each layout (worker
 #      processes : decoding processes; 4:3 is what `gpus` gives 4 workers on 16 cores) at CONCURRENCY clients,
 #      FastAPI on the CUDA provider, model-only fp32 and fp16;
@@ -58,11 +59,11 @@ step gpu_preprocess 70 $PYTHON -m bench.gpu_preprocess --repeats 20 --parity 300
   --work runs/gpu_check --out "$OUT/gpu_preprocess"
 if { wrk --version 2>&1 || true; } | grep -q "^wrk"; then  # it exits 1 after printing its version
   # shellcheck disable=SC2086  # the lists are meant to split
-  step request_cpu 80 $PYTHON -m bench.request_cpu --targets service fastapi --model photo-224 --images photo \
+  step request_cpu 90 $PYTHON -m bench.request_cpu --targets service fastapi --model "$MODEL" --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing host --duration "$DURATION" \
     --warmup 2 --work runs/gpu_check --label host --profile --out "$OUT/request_cpu_host"
   # shellcheck disable=SC2086
-  step request_cpu_gpu 50 $PYTHON -m bench.request_cpu --targets service --model photo-224 --images photo \
+  step request_cpu_gpu 50 $PYTHON -m bench.request_cpu --targets service --model "$MODEL" --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing "$gpu_preprocessing" \
     --duration "$DURATION" --warmup 2 --work runs/gpu_check --label "$gpu_preprocessing" --profile \
     --out "$OUT/request_cpu_gpu"
@@ -70,7 +71,7 @@ else
   echo "== request_cpu: skipped, no wrk that runs here (bench/gpu_stage.sh stages one)" | tee "$OUT/request_cpu.log"
 fi
 # shellcheck disable=SC2086
-step serve_load 210 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
+step serve_load 200 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --images jpeg --preprocessing host --no-ensemble $litserve --out "$OUT/serve_load"
 first_layout=${LAYOUTS%% *}

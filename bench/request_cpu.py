@@ -11,7 +11,8 @@
 Throughput depends on the cores a machine has; CPU time per request does not much, so the figure compares across
 machines (a GPU machine too: there the host CPU is what the request path costs). For each target:
   - `service`: `bentoml serve` of the project's service (`--tree`'s checkout, `--workers` workers) with
-    bench/serve_load.py's temporary store and serving.yaml for the digits model (random weights, 32x32 input);
+    bench/serve_load.py's temporary store and serving.yaml for `--model` (digits by default: ResNet-18 at 32 px,
+    random weights);
   - `fastapi`: bench/fastapi_baseline.py under uvicorn (one image a call, no batching);
   - `litserve`: bench/litserve_baseline.py (its own batching; skipped with a note when litserve is missing:
     `pip install -e '.[bench]'`);
@@ -49,8 +50,11 @@ IMAGES = ("small", "photo")
 FORMS = ("multipart", "raw")
 # digits: the ResNet-18 of the bundled digits (32x32 input: decoding and the request path are most of the work);
 # photo-224: a graph at 224 px (resize 256) whose network is a mean colour and a matrix product (tests/tiny_onnx.py),
-# so a request costs its decoding, resize and crop to 224, and the request path, and almost nothing else
-MODELS = ("digits", "photo-224")
+# so a request costs its decoding, resize and crop to 224, and the request path, and almost nothing else;
+# resnet50: bench/serve_load.py's ResNet-50 at 224 (random weights), the GPU's headline model
+MODELS = ("digits", "photo-224", "resnet50")
+DESCRIBED = {"digits": "digits ResNet-18 (random weights)", "photo-224": "a 224-px graph of almost no compute",
+             "resnet50": "ResNet-50 at 224 px (random weights)"}  # fmt: skip
 BATCHES = (1, 4, 16, 64)  # batch sizes the in-process floor times the model at
 
 # The Lua script wrk runs in each of its threads: the request is built once from wrk.method / headers / body;
@@ -275,9 +279,10 @@ def tiny_models(name: str, work: Path) -> dict[str, Path]:
     return graphs
 
 
-def floor(graph_path: Path, data: bytes, repeats: int = 40) -> dict[str, Any]:
+def floor(graph_path: Path, data: bytes, device: str = "cpu", repeats: int = 40) -> dict[str, Any]:
     """What a request cannot cost less than, in this process with the service's own code (CPU time, all threads):
-    decoding and resizing the image, and the model per image at each of BATCHES."""
+    decoding and resizing the image, and the model per image at each of BATCHES on `device` (on a GPU, the host's
+    part of a session call)."""
     import numpy as np
 
     from core import metadata
@@ -285,7 +290,7 @@ def floor(graph_path: Path, data: bytes, repeats: int = 40) -> dict[str, Any]:
     from service.decode import decode
     from service.runtime import Graph
 
-    graph = Graph(graph_path, "cpu")
+    graph = Graph(graph_path, device)
     preprocess, limits = metadata.preprocess_of(graph.meta), Limits()
     pixels = decode(data, 0, limits, preprocess)
     start = time.process_time()
@@ -381,8 +386,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         default="digits",
         choices=MODELS,
-        help="digits: ResNet-18 at 32 px; photo-224: a "
-        "graph at 224 px whose network costs nearly nothing (the request is its decoding and path)",
+        help="digits: ResNet-18 at 32 px; photo-224: a graph at 224 px whose network costs nearly nothing (the request "
+        "is its decoding and path); resnet50: ResNet-50 at 224 px (random weights; torch to export it)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--preprocessing", default="auto", choices=["auto", "host", "gpu"],
@@ -453,11 +458,13 @@ def run(args: argparse.Namespace) -> None:
 
     from bench import loadgen
     from bench import serve_load as sl
+    from core.devices import uses_gpu
 
     work, env = sl.store_env(args.work)
-    graphs = sl.prepare_models([args.model], work) if args.model == "digits" else tiny_models(args.model, work)
+    graphs = tiny_models(args.model, work) if args.model == "photo-224" else sl.prepare_models([args.model], work)
     pictures = bodies(work)
-    floors = {image: floor(graphs[args.model], pictures[image][1]) for image in args.images}
+    device = "cuda" if uses_gpu(args.device) else "cpu"
+    floors = {image: floor(graphs[args.model], pictures[image][1], device) for image in args.images}
     for image, f in floors.items():
         print(
             f"floor, in this process: decode + resize {f['decode_ms']} ms an image ({image}); the model "
@@ -503,10 +510,9 @@ def run(args: argparse.Namespace) -> None:
     add_ratios(rows)
     if any(r["form"] == "raw" and r["errors"] for r in rows):
         notes.append("raw: errors are the service's answers to a body that is the image itself")
-    model = {"digits": "digits ResNet-18 (random weights)", "photo-224": "a 224-px graph of almost no compute"}
     settings = (f"wrk, {args.duration:g} s measured after {args.warmup:g} s warm-up, one image a request (small: "
                 f"a 32x32 digits PNG, {len(pictures['small'][1])} bytes; photo: a 500x375 JPEG, "
-                f"{len(pictures['photo'][1])} bytes); {model[args.model]}; service workers "
+                f"{len(pictures['photo'][1])} bytes); {DESCRIBED[args.model]}; service workers "
                 f"{args.workers} (decoding processes {args.decoding_processes}), tree {args.tree.resolve()}; device "
                 f"{args.device}, preprocessing "
                 f"{args.preprocessing}.")  # fmt: skip

@@ -141,8 +141,10 @@ def _on_host(part: np.ndarray | Crops) -> np.ndarray:
 
 
 def _runtime() -> ctypes.CDLL:
-    """The CUDA runtime, already loaded by the CUDA provider's sessions, with the argument types of what is called."""
-    cuda = ctypes.CDLL("libcudart.so.13")
+    """The CUDA runtime, with the argument types of what is called here."""
+    from service.device_pixels import cuda_runtime
+
+    cuda = cuda_runtime()
     pointer, size, stream = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p
     cuda.cudaMemcpyAsync.argtypes = [pointer, pointer, size, ctypes.c_int, stream]
     cuda.cudaMemsetAsync.argtypes = [pointer, ctypes.c_int, size, stream]

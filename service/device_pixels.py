@@ -138,10 +138,20 @@ def _plan(size: tuple[int, int], resize: int, crop: int, interpolation: str) -> 
     return _Plan(plan.rows, np.ascontiguousarray(plan.cols.T), plan.vertical_first)
 
 
+@functools.cache
+def cuda_runtime() -> ctypes.CDLL:
+    """The CUDA runtime ONNX Runtime's CUDA provider runs on (CUDA 13, from onnxruntime-gpu's nvidia-* wheels, or the
+    system's), through ctypes: loaded first as the sessions load it, so both use the one library."""
+    from service.runtime import preload_cuda_libraries
+
+    preload_cuda_libraries()
+    return ctypes.CDLL("libcudart.so.13")
+
+
 def _cuda_stream(device_id: int) -> int:
-    """A CUDA stream on `device_id` (the CUDA runtime that onnxruntime-gpu's wheels bring, through ctypes), as the
-    integer handle nvImageCodec and ONNX Runtime's `user_compute_stream` take."""
-    runtime = ctypes.CDLL("libcudart.so.13")
+    """A CUDA stream on `device_id`, as the integer handle nvImageCodec and ONNX Runtime's `user_compute_stream`
+    take."""
+    runtime = cuda_runtime()
     if runtime.cudaSetDevice(ctypes.c_int(device_id)):
         raise RuntimeError(f"cudaSetDevice({device_id}) failed")
     stream = ctypes.c_void_p()

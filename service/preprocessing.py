@@ -70,8 +70,7 @@ class Host:
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
     ) -> np.ndarray:
         """uint8 [len(images), crop, crop, 3]."""
-        one_each = await pixels(images, preprocess, limits, budget, self.decoder, self.device)
-        return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+        return _stacked(await pixels(images, preprocess, limits, budget, self.decoder, self.device))
 
     def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
         """The graph's outputs for the requests' pixels `parts`, in order (run on the engine's session thread)."""
@@ -99,13 +98,17 @@ class Gpu(Host):
         """The host backend's batch where every image took the host path, else the request's `Crops`."""
         one_each = await pixels(images, preprocess, limits, budget, None, self.device)
         if all(isinstance(crop, np.ndarray) for crop in one_each):
-            return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
+            return _stacked(one_each)
         return self.crops(one_each)
 
     def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
         if all(isinstance(part, np.ndarray) for part in parts):
             return super().run(graph, parts)
         return self.gather(graph, parts, self.memory)
+
+
+def _stacked(one_each: list) -> np.ndarray:
+    return one_each[0][None] if len(one_each) == 1 else np.stack(one_each)
 
 
 class PreprocessingError(UserError):
