@@ -12,6 +12,9 @@ grayscale or CMYK JPEGs, progressive ones, rotated ones) stays on the host path,
 decoder gives up on (`pixels` answers None). The host plan is unchanged: service/decode.py reads the header with
 Pillow and checks the limits, and the decoding budget counts the image as if the host decoded it.
 
+The resize's weights (float64 matrices, one pair an image size) are made once a size and kept where the resize runs
+(`WEIGHTS_BYTES`): bound from the host they were 1.5 MB sent with every 500x375 photo.
+
 Ordering on a GPU: nvImageCodec decodes on the CUDA stream it is given and ONNX Runtime runs on the stream its CUDA
 provider is given (`user_compute_stream`); both get one stream made here, so the resize reads a finished decode.
 Where the crop goes: in the service (`keep`), it stays on the device as an OrtValue, and the engine's batch is copied
@@ -30,6 +33,7 @@ GPU is lent (bench/gpu_preprocess.py, then the service with `preprocessing: gpu`
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import os
@@ -48,6 +52,9 @@ if t.TYPE_CHECKING:
 # the nvImageCodec packages for CUDA 13, the CUDA onnxruntime-gpu 1.31 links; nvJPEG is what it decodes JPEG with
 DECODER_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
 ORIENTATION = 0x0112  # the EXIF tag
+# the resize weights a device keeps for the image sizes it has seen: 1.5 MB for a 500x375 photo to 224 px, 12 MB for a
+# 4000x3000 one, so a few dozen sizes at the least
+WEIGHTS_BYTES = 128 * 2**20
 
 
 class DevicePixels:
@@ -82,6 +89,9 @@ class DevicePixels:
         self.sessions = {
             order: ort.InferenceSession(resample.graph(order), providers=providers) for order in (True, False)
         }
+        # each image size's weights, where the resize reads them (WEIGHTS_BYTES)
+        self.weights: collections.OrderedDict[tuple, _Weights] = collections.OrderedDict()
+        self.weights_bytes, self.weighing = WEIGHTS_BYTES, threading.Lock()
 
     def takes(self, image: Image.Image, preprocess: dict[str, Any]) -> bool:
         """Whether this image (its header read, nothing decoded) is decoded here rather than by Pillow."""
@@ -99,7 +109,7 @@ class DevicePixels:
             decoded = self.decoder.decode(data, cuda_stream=self.stream)
         if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
             return None
-        plan = _plan(size, *_key(preprocess))
+        plan = self._weights(size, preprocess)
         binding = self.sessions[plan.vertical_first].io_binding()
         if self.where == "cpu":
             host = np.ascontiguousarray(decoded.cpu())
@@ -111,31 +121,48 @@ class DevicePixels:
                 return None
             address = interface["data"][0]
             binding.bind_input("pixels", "cuda", self.device_id, np.uint8, [size[1], size[0], 3], address)
-        binding.bind_cpu_input("rows", plan.rows)
-        binding.bind_cpu_input("cols", plan.cols_t)
+        binding.bind_ortvalue_input("rows", plan.rows)
+        binding.bind_ortvalue_input("cols", plan.cols_t)
         binding.bind_output("crop", self.where if self.keep else "cpu", self.device_id or 0)
         self.sessions[plan.vertical_first].run_with_iobinding(binding)
         return binding.get_outputs()[0] if self.keep else binding.copy_outputs_to_cpu()[0]
 
+    def _weights(self, size: tuple[int, int], preprocess: dict[str, Any]) -> _Weights:
+        """The resize's weights for one image size, made once and kept on the device: making them costs 0.23 ms of
+        host CPU (500x375 to 224 px), sending them 1.5 MB (float64 [224, 375] and [500, 224]) if bound from the host
+        each call, and uploads come in few sizes (a camera's, a client's resize). The least recently used go first
+        once they hold over `weights_bytes`."""
+        key = (size, int(preprocess["resize_size"]), int(preprocess["crop_size"]), str(preprocess["interpolation"]))
+        with self.weighing:
+            held = self.weights.get(key)
+            if held is not None:
+                self.weights.move_to_end(key)
+                return held
+        import onnxruntime as ort
 
-class _Plan(t.NamedTuple):
-    rows: np.ndarray
-    cols_t: np.ndarray
+        plan = resample.plan(*size, preprocess)
+        assert plan is not None  # `takes` left the boxed resize to the host
+        rows, cols_t = plan.rows, np.ascontiguousarray(plan.cols.T)
+        made = _Weights(
+            ort.OrtValue.ortvalue_from_numpy(rows, self.where, self.device_id or 0),
+            ort.OrtValue.ortvalue_from_numpy(cols_t, self.where, self.device_id or 0),
+            plan.vertical_first,
+            rows.nbytes + cols_t.nbytes,
+            (rows, cols_t) if self.where == "cpu" else (),  # on the host, the OrtValues read these arrays' memory
+        )
+        with self.weighing:
+            self.weights[key] = made
+            while len(self.weights) > 1 and sum(w.nbytes for w in self.weights.values()) > self.weights_bytes:
+                self.weights.popitem(last=False)
+        return made
+
+
+class _Weights(t.NamedTuple):
+    rows: OrtValue  # float64 [crop, height]
+    cols_t: OrtValue  # float64 [width, crop]
     vertical_first: bool
-
-
-def _key(preprocess: dict[str, Any]) -> tuple[int, int, str]:
-    return int(preprocess["resize_size"]), int(preprocess["crop_size"]), str(preprocess["interpolation"])
-
-
-@functools.lru_cache(maxsize=256)
-def _plan(size: tuple[int, int], resize: int, crop: int, interpolation: str) -> _Plan:
-    """The weights for one image size, kept: making them costs 0.23 ms of host CPU (500x375 to 224 px), and uploads
-    come in few sizes (a camera's, a client's resize)."""
-    settings = {"resize_size": resize, "crop_size": crop, "interpolation": interpolation}
-    plan = resample.plan(*size, settings)
-    assert plan is not None  # `takes` left the boxed resize to the host
-    return _Plan(plan.rows, np.ascontiguousarray(plan.cols.T), plan.vertical_first)
+    nbytes: int
+    arrays: tuple[np.ndarray, ...]
 
 
 @functools.cache

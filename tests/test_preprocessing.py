@@ -174,6 +174,28 @@ def test_what_the_device_leaves_to_the_host(device):
         assert device.takes(image, ImageNet)  # EXIF, but upright
 
 
+def test_each_sizes_resize_weights_are_made_once_and_the_oldest_go_past_the_bound(monkeypatch):
+    """The weights stay where the resize runs, one set an image size (made and sent once, not with every image), and
+    the least recently used go once they hold more than the bound; pixels stay the host path's throughout."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    from service.device_pixels import DevicePixels
+
+    device, limits = DevicePixels(None), Limits()
+    photo = _photos()[0]
+    sizes = [(500, 375), (400, 300), (300, 400)]
+    jpegs = {size: _encoded(np.ascontiguousarray(photo[: size[1], : size[0]])) for size in sizes}
+    for size in sizes[:2]:
+        assert np.array_equal(device.pixels(jpegs[size], size, ImageNet), decode(jpegs[size], 0, limits, ImageNet))
+    first = device.weights[((500, 375), 256, 224, "bilinear")]
+    device.pixels(jpegs[(500, 375)], (500, 375), ImageNet)
+    assert len(device.weights) == 2 and device.weights[((500, 375), 256, 224, "bilinear")] is first
+    assert first.nbytes == 224 * 375 * 8 + 500 * 224 * 8  # float64 rows [224, 375] and columns [500, 224]
+    device.weights_bytes = first.nbytes + 1  # room for one set: the newest stays
+    assert np.array_equal(device.pixels(jpegs[(300, 400)], (300, 400), ImageNet),
+                          decode(jpegs[(300, 400)], 0, limits, ImageNet))  # fmt: skip
+    assert [key[0] for key in device.weights] == [(300, 400)]
+
+
 def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(kept):
     """A request of every kind of image: the gpu backend's crops (the JPEGs' kept where the device made them) are the
     host backend's pixels; a JPEG cut short is one the device's decoder gives up on, and Pillow's refusal of it (400)
