@@ -7,7 +7,7 @@ the device once a batch, inside the session call.
     outputs = gather(graph, parts, memory)       # parts: per request, uint8 [n, crop, crop, 3] or its Crops
 
 Ordering: a crop is finished once its resize has returned (ONNX Runtime waits for its stream at the end of a run).
-The copies go on the device's stream, which is waited for before the model's session runs on its own.
+The copies go on a stream of their own, which is waited for before the model's session runs on its own.
 
 Threads: `gather` runs on the engine's one session thread (service/engine.py), so one input buffer a shape serves
 every model of the worker: each call has read it before the next gather writes it.
@@ -47,7 +47,14 @@ class Memory:
 
     @classmethod
     def of(cls, device: DevicePixels) -> Memory:
-        return cls(device.where, device.device_id or 0, device.stream)
+        """Buffers where `device` makes its crops; on a GPU, copies on a stream of their own: waiting for them does
+        not wait for the resizes the decoding threads are running meanwhile on the device's stream."""
+        if device.where == "cpu":
+            return cls("cpu")
+        from service.device_pixels import cuda_stream
+
+        device_id = device.device_id or 0
+        return cls(device.where, device_id, cuda_stream(device_id))
 
     def buffer(self, rows: int, shape: tuple[int, ...]) -> int:
         """The address of a uint8 buffer of at least `rows` x `shape` here, kept for the next batch (made larger when

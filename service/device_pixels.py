@@ -79,7 +79,7 @@ class DevicePixels:
             self.stream, self.where = 0, "cpu"
             providers: list[Any] = ["CPUExecutionProvider"]
         else:
-            self.stream, self.where = _cuda_stream(device_id), "cuda"
+            self.stream, self.where = cuda_stream(device_id), "cuda"
             self.decoder = nvimgcodec.Decoder(
                 device_id=device_id,
                 backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY), nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)],
@@ -175,7 +175,7 @@ def cuda_runtime() -> ctypes.CDLL:
     return ctypes.CDLL("libcudart.so.13")
 
 
-def _cuda_stream(device_id: int) -> int:
+def cuda_stream(device_id: int) -> int:
     """A CUDA stream on `device_id`, as the integer handle nvImageCodec and ONNX Runtime's `user_compute_stream`
     take."""
     runtime = cuda_runtime()
