@@ -5,7 +5,7 @@
 # runs/gpu_check/results; $OUT (the device tool's folder that comes back, at most 8 files; else bench/results/gpu)
 # gets the reports and one tarball. Issue 28's questions first:
 #
-#   0. installs what bench/gpu_stage.sh added (nvImageCodec, nvJPEG, wrk) where it was staged;
+#   0. installs what bench/gpu_stage.sh added (nvImageCodec, nvJPEG, wrk, py-spy) where it was staged;
 #   1. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
 #      host path: the 8-thread check, host CPU per image, pixel and top-1 parity over 300 JPEGs through MODEL
 #      (exported here, as step 3 then finds it);
@@ -45,12 +45,15 @@ source bench/steps.sh  # step NAME LIMIT_S COMMAND...
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-# 0. what bench/gpu_stage.sh put beside the onnxruntime-gpu chunk (py-spy's wheel holds only its binary)
-extra=.gpu/c5/extra
-if ls "$extra"/*.whl >/dev/null 2>&1; then
-  $PYTHON -m pip install -q --no-index --no-deps "$extra"/*.whl && echo "installed $(ls "$extra"/*.whl | xargs -n1 basename)"
-fi
-export PATH="$PWD/$extra/bin:$PATH" LD_LIBRARY_PATH="$PWD/$extra/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# 0. what bench/gpu_stage.sh put beside two onnxruntime-gpu chunks: call 1's (copied to /tmp/stage: wrk, LuaJIT,
+# py-spy, whose wheel holds only its binary) and call 5's (the decoder's wheels)
+first=/tmp/stage/c1/extra
+for extra in "$first" .gpu/c5/extra; do
+  if ls "$extra"/*.whl >/dev/null 2>&1; then
+    $PYTHON -m pip install -q --no-index --no-deps "$extra"/*.whl && echo "installed $(ls "$extra"/*.whl | xargs -n1 basename)"
+  fi
+done
+export PATH="$first/bin:$PATH" LD_LIBRARY_PATH="$first/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # LitServe is compared with where it is installed (../shared/gpu/stage.sh does not bring it)
 $PYTHON -c "import litserve" 2>/dev/null && litserve="" || litserve="--no-litserve"
 gpu_preprocessing=$([ "$DEVICE" = cuda ] && echo gpu || echo host)
