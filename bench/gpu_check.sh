@@ -8,7 +8,7 @@
 #   0. installs what bench/gpu_stage.sh added (nvImageCodec, nvJPEG, wrk, py-spy) where it was staged;
 #   1. bench.gpu_preprocess: the gpu preprocessing backend (nvImageCodec + core/resample.py's graph) against the
 #      host path: the 8-thread check, host CPU per image, pixel and top-1 parity over 300 JPEGs through MODEL
-#      (exported here, as step 3 then finds it);
+#      (exported here, as step 3 then finds it); then tests/test_gpu_preprocessing.py, which skips without a GPU;
 #   2. bench.request_cpu under wrk (a C load generator): img/s and host CPU per request (and beyond its floor: the
 #      decoding and the session call's host part, timed in-process), `preprocessing` host and gpu, against FastAPI on
 #      the CUDA provider (MODEL, 500x375 JPEGs, WORKERS workers, 64 and 256 connections), with a py-spy profile of
@@ -60,9 +60,11 @@ gpu_preprocessing=$([ "$DEVICE" = cuda ] && echo gpu || echo host)
 
 step gpu_preprocess 70 $PYTHON -m bench.gpu_preprocess --repeats 20 --parity 300 --model "$MODEL" \
   --work runs/gpu_check --out "$OUT/gpu_preprocess"
+# without conftest.py, whose fixtures train with torch: the module needs the service and the GPU only
+step gpu_tests 30 $PYTHON -m pytest -q -rs -p no:cacheprovider --noconftest tests/test_gpu_preprocessing.py
 if { wrk --version 2>&1 || true; } | grep -q "^wrk"; then  # it exits 1 after printing its version
   # shellcheck disable=SC2086  # the lists are meant to split
-  step request_cpu 90 $PYTHON -m bench.request_cpu --targets service fastapi --model "$MODEL" --images photo \
+  step request_cpu 80 $PYTHON -m bench.request_cpu --targets service fastapi --model "$MODEL" --images photo \
     --connections $CONCURRENCY --workers "$WORKERS" --device "$DEVICE" --preprocessing host --duration "$DURATION" \
     --warmup 2 --work runs/gpu_check --label host --profile --out "$OUT/request_cpu_host"
   # shellcheck disable=SC2086
@@ -74,12 +76,12 @@ else
   echo "== request_cpu: skipped, no wrk that runs here (bench/gpu_stage.sh stages one)" | tee "$OUT/request_cpu.log"
 fi
 # shellcheck disable=SC2086
-step serve_load 200 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
+step serve_load 190 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" --fp16 --layouts $LAYOUTS \
   --concurrency $CONCURRENCY --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check \
   --images jpeg --preprocessing host --no-ensemble $litserve --out "$OUT/serve_load"
 first_layout=${LAYOUTS%% *}
 # shellcheck disable=SC2086
-step serve_gpu_preprocess 70 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
+step serve_gpu_preprocess 60 $PYTHON -m bench.serve_load --models "$MODEL" --device "$DEVICE" \
   --preprocessing "$gpu_preprocessing" --images jpeg --layouts "$first_layout" --concurrency $CONCURRENCY \
   --duration "$DURATION" --warmup 1.5 --client-processes 4 --work runs/gpu_check --no-ensemble --no-fastapi \
   --no-litserve --out "$OUT/serve_gpu_preprocess"

@@ -2,9 +2,9 @@
 # Stage everything bench/gpu_check.sh needs on the lent GPU machine, which reaches no package registry:
 # ../shared/gpu/stage.sh (onnxruntime-gpu in five chunks, bentoml, fastapi), then what this project adds, beside two
 # of its chunks: in call 5's, the gpu preprocessing backend's decoder (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg
-# wheels, about 29 MB); in call 1's, wrk, the C load generator of bench/request_cpu.py, with its LuaJIT library, and
-# py-spy (3 MB), which profiles a worker under that load (call 5 has no room for them once the working tree rides
-# along: it came to 64.04 MiB on 2026-12-07).
+# wheels, about 29 MB) and pytest (for tests/test_gpu_preprocessing.py); in call 1's, wrk, the C load generator of
+# bench/request_cpu.py, with its LuaJIT library, and py-spy (3 MB), which profiles a worker under that load (call 5
+# has no room for them once the working tree rides along: it came to 64.04 MiB on 2026-12-07).
 #
 #   bash bench/gpu_stage.sh          # from the project root; writes .gpu/ (git-ignored locally)
 #
@@ -22,6 +22,8 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 # the versions the CPU tests ran (a newer decoder wheel may not fit beside the last chunk)
 python3 -m pip download -q --no-deps "${plat[@]}" -d "$last" nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43
+# pytest for tests/test_gpu_preprocessing.py (its other dependencies, packaging and pygments, come with bentoml's)
+python3 -m pip download -q --no-deps "${plat[@]}" -d "$last" pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$first" py-spy==0.4.3
 wrk=$(command -v wrk || true)
