@@ -6,10 +6,11 @@ core/resample.py's graph resizes and crops it there, Pillow's pixels bit for bit
     if device.takes(image, preprocess):   # a header already read by Pillow (service/decode.py)
         crop = device.pixels(data, image.size, preprocess)   # uint8 [crop, crop, 3] on the host, or None
 
-What it takes: a baseline JPEG of three components (Pillow's mode RGB), with no EXIF rotation, that the host path
-would not decode in JPEG's draft mode nor resize by a box (`resample.host_only`). Everything else (PNG, GIF, WebP,
-grayscale or CMYK JPEGs, progressive ones, rotated ones) stays on the host path, image by image, as does an image the
-decoder gives up on (`pixels` answers None). The host plan is unchanged: service/decode.py reads the header with
+What it takes: a baseline JPEG of three components (Pillow's mode RGB), with no EXIF rotation, of at most
+DEVICE_PIXELS, that the host path would not decode in JPEG's draft mode nor resize by a box (`resample.host_only`).
+Everything else (PNG, GIF, WebP, grayscale or CMYK JPEGs, progressive ones, rotated ones, panoramas) stays on the host
+path, image by image, as does an image the decoder gives up on or the device fails on (`pixels` answers None; a
+failure is logged, at most a line a minute). The host plan is unchanged: service/decode.py reads the header with
 Pillow and checks the limits, and the decoding budget counts the image as if the host decoded it.
 
 The resize's weights (float64 matrices, one pair an image size) are made once a size and kept where the resize runs
@@ -36,8 +37,11 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import logging
+import math
 import os
 import threading
+import time
 import typing as t
 from typing import Any
 
@@ -49,9 +53,17 @@ from core import resample
 if t.TYPE_CHECKING:
     from onnxruntime import OrtValue
 
+logger = logging.getLogger("service")
+
 # the nvImageCodec packages for CUDA 13, the CUDA onnxruntime-gpu 1.31 links; nvJPEG is what it decodes JPEG with
 DECODER_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
 ORIENTATION = 0x0112  # the EXIF tag
+# the largest image (width x height) decoded and resized on the device: its resize holds the image in float64 (24 bytes
+# a pixel; 144 MB at this size) while the decoding threads run several at once, so a panorama or a client's giant
+# JPEG goes to the host path, whose decoding budget bounds it (photos whose shorter side is 2048 px and more already
+# do: JPEG's draft mode, core/resample.py `host_only`)
+DEVICE_PIXELS = 6_000_000
+FAILURE_LOG_S = 60.0  # at most one line this often about images the device failed on
 # the resize weights a device keeps for the image sizes it has seen: 1.5 MB for a 500x375 photo to 224 px, 12 MB for a
 # 4000x3000 one, so a few dozen sizes at the least
 WEIGHTS_BYTES = 128 * 2**20
@@ -92,11 +104,14 @@ class DevicePixels:
         # each image size's weights, where the resize reads them (WEIGHTS_BYTES)
         self.weights: collections.OrderedDict[tuple, _Weights] = collections.OrderedDict()
         self.weights_bytes, self.weighing = WEIGHTS_BYTES, threading.Lock()
+        self.failures, self.logged = 0, -math.inf  # device failures not logged yet; when the last line was
 
     def takes(self, image: Image.Image, preprocess: dict[str, Any]) -> bool:
         """Whether this image (its header read, nothing decoded) is decoded here rather than by Pillow."""
         width, height = image.size
         if image.format != "JPEG" or image.mode != "RGB" or image.info.get("progressive"):
+            return False
+        if width * height > DEVICE_PIXELS:
             return False
         if resample.host_only(width, height, preprocess):
             return False
@@ -104,7 +119,14 @@ class DevicePixels:
 
     def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | OrtValue | None:
         """uint8 [crop, crop, 3] of a JPEG `takes` accepted (on the host, or where it was made if `keep`), or None where
-        the decoder could not read it."""
+        the decoder could not read it or the device failed (the image then takes the host path)."""
+        try:
+            return self._made(data, size, preprocess)
+        except Exception as e:  # out of memory, a CUDA or decoder fault: Pillow's answer for the image beats a 500
+            self._gave_up(e)
+            return None
+
+    def _made(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | OrtValue | None:
         with self.decoding:  # one decode at a time: from several threads at once, nvImageCodec 0.9 crashed the process
             decoded = self.decoder.decode(data, cuda_stream=self.stream)
         if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
@@ -126,6 +148,19 @@ class DevicePixels:
         binding.bind_output("crop", self.where if self.keep else "cpu", self.device_id or 0)
         self.sessions[plan.vertical_first].run_with_iobinding(binding)
         return binding.get_outputs()[0] if self.keep else binding.copy_outputs_to_cpu()[0]
+
+    def _gave_up(self, error: Exception) -> None:
+        """Logs a device failure: the first at once, then at most a line a minute counting those since, so images that
+        fail here (a client's, or a GPU out of memory) cannot flood the log."""
+        with self.weighing:
+            self.failures += 1
+            now = time.monotonic()
+            if now - self.logged < FAILURE_LOG_S:
+                return
+            count, self.failures, self.logged = self.failures, 0, now
+        reason = (str(error).splitlines() or [""])[0][:300]
+        logger.warning("gpu preprocessing failed on %d image(s) (%s: %s); Pillow decoded them instead", count,
+                       type(error).__name__, reason)  # fmt: skip
 
     def _weights(self, size: tuple[int, int], preprocess: dict[str, Any]) -> _Weights:
         """The resize's weights for one image size, made once and kept on the device: making them costs 0.23 ms of

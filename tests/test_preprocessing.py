@@ -196,6 +196,44 @@ def test_each_sizes_resize_weights_are_made_once_and_the_oldest_go_past_the_boun
     assert [key[0] for key in device.weights] == [(300, 400)]
 
 
+def test_an_image_over_the_devices_pixels_takes_the_host_path(device, monkeypatch):
+    """The resize holds the image in float64 on the device: one larger than DEVICE_PIXELS (a panorama whose shorter
+    side is under draft mode's) is left to Pillow, whose decoding budget bounds it."""
+    from service import device_pixels
+
+    panorama = np.ascontiguousarray(np.tile(_photos()[0][:300], (1, 6, 1)))  # 3072 x 300
+    with Image.open(io.BytesIO(_encoded(panorama))) as image:
+        assert device.takes(image, ImageNet)
+        monkeypatch.setattr(device_pixels, "DEVICE_PIXELS", 3072 * 300 - 1)
+        assert not device.takes(image, ImageNet)
+
+
+def test_a_device_failure_is_pillows_image_and_a_line_a_minute(monkeypatch, caplog):
+    """A GPU out of memory (or any fault of the decoder or the resize) in the middle of an image: the host path makes
+    it, the answer is the same, and the log gets the first failure at once and the rest counted a minute later."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    from service import device_pixels
+    from service.device_pixels import DevicePixels
+
+    device, limits = DevicePixels(None, keep=True), Limits()
+    data = _encoded(_photos()[2][:375, :500])
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("Error in execution: CUDA failure 2: out of memory\nmore detail")
+
+    for session in device.sessions.values():
+        monkeypatch.setattr(session, "run_with_iobinding", out_of_memory)
+    now = [0.0]
+    monkeypatch.setattr(device_pixels.time, "monotonic", lambda: now[0])
+    with caplog.at_level("WARNING", logger="service"):
+        for now[0] in (100.0, 130.0, 161.0):  # two failures each time: the first logged, then 4 counted a minute on
+            assert device.pixels(data, (500, 375), ImageNet) is None
+            assert np.array_equal(decode(data, 0, limits, ImageNet, device), decode(data, 0, limits, ImageNet))
+    lines = [r.getMessage() for r in caplog.records if "gpu preprocessing failed" in r.getMessage()]
+    reason = "(RuntimeError: Error in execution: CUDA failure 2: out of memory); Pillow decoded them instead"
+    assert lines == [f"gpu preprocessing failed on {n} image(s) {reason}" for n in (1, 4)], lines
+
+
 def test_the_gpu_backend_batches_as_the_host_backend_and_refuses_as_it_does(kept):
     """A request of every kind of image: the gpu backend's crops (the JPEGs' kept where the device made them) are the
     host backend's pixels; a JPEG cut short is one the device's decoder gives up on, and Pillow's refusal of it (400)
