@@ -36,7 +36,7 @@ class HeldModel:
 
     def __init__(self) -> None:
         self.failures = 0
-        self.error = "session failed"
+        self.error, self.error_type = "session failed", RuntimeError
         self.calls: list[list[int]] = []  # the pixel values each call received, in row order
         self.released = 0
         self.changed = threading.Condition()
@@ -49,7 +49,7 @@ class HeldModel:
             if not self.changed.wait_for(lambda: self.released >= number, GUARD):
                 raise RuntimeError(f"call {number} was never released")
         if number <= self.failures:
-            raise RuntimeError(self.error)
+            raise self.error_type(self.error)
         return np.stack([pixels[:, 0, 0, 0], np.full(len(pixels), number), np.arange(len(pixels))], 1).astype(
             np.float32
         )
@@ -248,12 +248,21 @@ def test_a_session_error_reaches_every_caller_in_its_batch_and_the_same_batcher_
     assert rows([served, after]) == [[(3, 2, 0)], [(4, 3, 0)]]
 
 
-def test_a_device_out_of_memory_is_overloaded_for_its_batch_and_the_batcher_serves_again(model):
+def _onnxruntime_error() -> type[Exception]:
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    return RuntimeException
+
+
+@pytest.mark.parametrize("kind", ["session call", "allocation"])
+def test_a_device_out_of_memory_is_overloaded_for_its_batch_and_the_batcher_serves_again(model, kind):
     """The error a CUDA session raises when the GPU has no memory left (as 12 workers of ResNet-50 on one H200
-    did) reaches the callers as Overloaded, which the service answers 503, not as the session's RuntimeError."""
+    did) reaches the callers as Overloaded, which the service answers 503, not as the session's RuntimeError; so does
+    ONNX Runtime's own exception type, which its allocations raise."""
 
     async def main():
         model.failures = 1
+        model.error_type = RuntimeError if kind == "session call" else _onnxruntime_error()
         model.error = (
             "/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:146 CudaCall CUDA failure 2: out of "
             "memory ; GPU=0 ; expr=cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);"
