@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import io
 import logging
 import math
 import os
@@ -116,6 +117,19 @@ class DevicePixels:
         if resample.host_only(width, height, preprocess):
             return False
         return "exif" not in image.info or image.getexif().get(ORIENTATION, 1) == 1
+
+    def warm(self, preprocess: dict[str, Any]) -> bool:
+        """Decodes and resizes a small photo-shaped JPEG here now, so that nvImageCodec's decoder and the resize's
+        first calls on the device (their handles, kernels and memory) are made at start-up rather than by the first
+        requests; whether the device made it."""
+        side = max(int(preprocess["resize_size"]), int(preprocess["crop_size"]))
+        size = (side + side // 3, side)  # 4:3, its shorter side the resize's: neither draft mode nor a boxed resize
+        out = io.BytesIO()
+        Image.new("RGB", size, (120, 130, 140)).save(out, "JPEG", quality=90)
+        with Image.open(io.BytesIO(out.getvalue())) as image:
+            if not self.takes(image, preprocess):
+                return False
+        return self.pixels(out.getvalue(), size, preprocess) is not None
 
     def pixels(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | OrtValue | None:
         """uint8 [crop, crop, 3] of a JPEG `takes` accepted (on the host, or where it was made if `keep`), or None where

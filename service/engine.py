@@ -73,6 +73,12 @@ class Engine:
             for size, seconds in graph.warm().items():
                 WARMUP_SECONDS.labels(model=name, batch_size=str(size)).set(seconds)
 
+    def warm_preprocessing(self) -> None:
+        """The preprocessing backend's first pixels made now for each served geometry, before /readyz: the gpu
+        backend's decoder and resize set up their state on the device at their first call."""
+        for preprocess in {repr(sorted(p.items())): p for p in self.preprocess.values()}.values():
+            self.backend.warm(preprocess)
+
     async def classify(self, images: t.Sequence[Image], model: str | None, top_k: int) -> list[dict[str, t.Any]]:
         """One answer per image, in order: the model's best label, its probability and the top k."""
         model = model or self.config.default_model

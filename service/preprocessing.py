@@ -56,6 +56,8 @@ class Backend(t.Protocol):
 
     def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]: ...
 
+    def warm(self, preprocess: dict[str, Any]) -> None: ...
+
 
 class Host:
     """Pillow on the host: each image decoded within the budget in a thread or a decoding process, then stacked."""
@@ -75,6 +77,9 @@ class Host:
     def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
         """The graph's outputs for the requests' pixels `parts`, in order (run on the engine's session thread)."""
         return graph.run(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def warm(self, preprocess: dict[str, Any]) -> None:
+        """Makes at start-up what the first request's pixels would (Pillow needs nothing made)."""
 
 
 class Gpu(Host):
@@ -105,6 +110,9 @@ class Gpu(Host):
         if all(isinstance(part, np.ndarray) for part in parts):
             return super().run(graph, parts)
         return self.gather(graph, parts, self.memory)
+
+    def warm(self, preprocess: dict[str, Any]) -> None:
+        self.device.warm(preprocess)
 
 
 def _stacked(one_each: list) -> np.ndarray:

@@ -122,6 +122,7 @@ class Classifier(_StoredModels):
         processes = gpus.decode_processes(CONFIG, WORKERS, cores) if chosen == "host" else 0
         backend = preprocessing.backend(chosen, DecodingProcesses(processes, CONFIG.limits) if processes else None, gpu)
         APP.state.engine = Engine(CONFIG, graphs, backend)
+        APP.state.engine.warm_preprocessing()
         # on stderr: BentoML's server logging drops INFO lines of loggers other than its own
         graph = next(iter(graphs.values()))[1]
         threads = graph.cpu_threads or "one per core"

@@ -44,6 +44,10 @@ def _on_host(crop) -> np.ndarray:
     return crop if isinstance(crop, np.ndarray) else crop.numpy()
 
 
+def test_the_gpu_is_warmed_with_a_crop_it_makes(kept):
+    assert kept.warm(ImageNet) and kept.warm(BICUBIC)
+
+
 def test_gpu_crops_are_within_one_level_of_pillows(kept):
     """Photo cuts of many sizes, both orientations, 4:2:0 and 4:4:4: what the GPU made is within one level of Pillow
     on at least 99.5% of the values; what it gave back to Pillow (a pitched buffer, say) is counted, not compared."""

@@ -196,6 +196,28 @@ def test_each_sizes_resize_weights_are_made_once_and_the_oldest_go_past_the_boun
     assert [key[0] for key in device.weights] == [(300, 400)]
 
 
+def test_the_device_is_warmed_once_for_each_served_geometry(kept, tmp_path, monkeypatch):
+    """Before /readyz the worker makes one small photo's crop on the device for each geometry its models have (their
+    ensemble members share one), so the decoder's and the resize's first calls are not a request's."""
+    from service.engine import Engine
+    from service.runtime import Graph
+    from tests.tiny_onnx import tiny_graph
+
+    assert kept.warm(ImageNet) and ((341, 256), 256, 224, "bilinear") in kept.weights
+    assert kept.warm(PREPROCESS) and ((53, 40), 40, 32, "bilinear") in kept.weights
+    config = loads("models: [a, b, c]\n", "test.yaml")
+    graphs = {name: (f"{name}:v1", Graph(tiny_graph(tmp_path / f"{name}.onnx", i, **geometry), "cpu", 1))
+              for i, (name, geometry) in enumerate([("a", {"crop_size": 224, "resize_size": 256}),
+                                                    ("b", {"crop_size": 224, "resize_size": 256}),
+                                                    ("c", {"crop_size": 32, "resize_size": 40})])}  # fmt: skip
+    warmed = []
+    monkeypatch.setattr(kept, "warm", lambda preprocess: warmed.append(preprocess["crop_size"]) or True)
+    Engine(config, graphs, preprocessing.Gpu(kept)).warm_preprocessing()
+    assert sorted(warmed) == [32, 224]
+    Engine(config, graphs, preprocessing.Host()).warm_preprocessing()  # nothing to make: no error
+    assert sorted(warmed) == [32, 224]
+
+
 def test_an_image_over_the_devices_pixels_takes_the_host_path(device, monkeypatch):
     """The resize holds the image in float64 on the device: one larger than DEVICE_PIXELS (a panorama whose shorter
     side is under draft mode's) is left to Pillow, whose decoding budget bounds it."""
