@@ -23,9 +23,10 @@ together there and read in place by the model (service/device_batch.py); `servic
 back to the host (bound to "cpu") and batch host arrays as the host backend does.
 
 Threads: a worker's decoding threads call `pixels` together, and nvImageCodec 0.9's decoder, called from 8 threads at
-once, crashed the process ("pure virtual method called", 2 runs of 3 on the CPU): decoding holds a lock, the resize
-graph (an ONNX Runtime session, safe to run from threads) does not. Whether one decode at a time keeps a worker's GPU
-busy is for the GPU measurement to say.
+once, crashed the process ("pure virtual method called", 2 runs of 3 on the CPU): one call decodes at a time. The
+images other threads bring while it runs wait, and the next of those threads decodes all of them in one call (a list:
+nvJPEG decodes a batch at once, where one image a call leaves most of a GPU idle); a lone image is a call of one. The
+resize graph (an ONNX Runtime session, safe to run from threads) runs in each thread for its own image.
 
 Measured on the CPU only (no GPU was lent while it was written): parity with the host path, the fallbacks, the calls
 from many threads, and the binding path with "cpu" buffers. The GPU variant is what bench/gpu_check.sh checks where a
@@ -84,7 +85,9 @@ class DevicePixels:
         from nvidia import nvimgcodec
 
         self.device_id, self.keep = device_id, keep
-        self.decoding = threading.Lock()
+        # the images waiting to be decoded, and whether a thread is decoding a batch (`_decoded`)
+        self.turn, self.leading = threading.Condition(), False
+        self.waiting: list[_Waiting] = []
         if device_id is None:
             self.decoder = nvimgcodec.Decoder(
                 device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)]
@@ -140,9 +143,37 @@ class DevicePixels:
             self._gave_up(e)
             return None
 
+    def _decoded(self, data: bytes) -> Any:
+        """nvImageCodec's image of `data` (None where it cannot decode it), decoded in one call with the images other
+        threads brought meanwhile: one thread decodes a batch at a time, and the first waiting thread to find no batch
+        decoding decodes everything waiting by then; the others wait for their own image."""
+        mine = _Waiting(data)
+        with self.turn:
+            self.waiting.append(mine)
+            while not mine.done:
+                if self.leading:
+                    self.turn.wait()
+                    continue
+                self.leading, batch, self.waiting = True, self.waiting, []
+                images: list[Any] = [None] * len(batch)
+                error: BaseException | None = RuntimeError("the decoding thread stopped")
+                self.turn.release()
+                try:
+                    images, error = list(self.decoder.decode([w.data for w in batch], cuda_stream=self.stream)), None
+                except Exception as e:  # every image of the batch fails as this call did
+                    error = e
+                finally:
+                    self.turn.acquire()
+                    for waiting, image in zip(batch, images):
+                        waiting.image, waiting.error, waiting.done = image, error, True
+                    self.leading = False
+                    self.turn.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        return mine.image
+
     def _made(self, data: bytes, size: tuple[int, int], preprocess: dict[str, Any]) -> np.ndarray | OrtValue | None:
-        with self.decoding:  # one decode at a time: from several threads at once, nvImageCodec 0.9 crashed the process
-            decoded = self.decoder.decode(data, cuda_stream=self.stream)
+        decoded = self._decoded(data)
         if decoded is None or tuple(decoded.shape) != (size[1], size[0], 3):
             return None
         plan = self._weights(size, preprocess)
@@ -204,6 +235,15 @@ class DevicePixels:
             while len(self.weights) > 1 and sum(w.nbytes for w in self.weights.values()) > self.weights_bytes:
                 self.weights.popitem(last=False)
         return made
+
+
+class _Waiting:
+    """An image waiting for its decode: its bytes, then nvImageCodec's image of it (or None) or the call's error."""
+
+    __slots__ = ("data", "done", "error", "image")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.done, self.error, self.image = data, False, None, None
 
 
 class _Weights(t.NamedTuple):

@@ -306,6 +306,51 @@ def test_the_device_is_called_from_many_threads_at_once(device):
     assert all(np.array_equal(g, expected[i % len(cuts)]) for i, g in enumerate(got))
 
 
+def test_images_brought_while_one_decodes_are_decoded_in_one_call():
+    """One thread's image decodes alone; the seven that arrive meanwhile wait, and go to the decoder together in the
+    next call: each thread still gets its own image's pixels, Pillow's."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("nvidia.nvimgcodec")
+    from service.device_pixels import DevicePixels
+
+    device, limits = DevicePixels(None), Limits()
+    cuts = [_encoded(cut) for photo in _photos()[:2] for cut in _cuts(photo)[:4]]
+    calls, first_called, release = [], threading.Event(), threading.Event()
+
+    class Held:
+        """The decoder, its first call held until the test lets it go."""
+
+        def __init__(self, decoder) -> None:
+            self.decoder = decoder
+
+        def decode(self, batch, cuda_stream=0):
+            calls.append(len(batch))
+            if len(calls) == 1:
+                first_called.set()
+                assert release.wait(30), "the first decode was never let go"
+            return self.decoder.decode(batch, cuda_stream=cuda_stream)
+
+    device.decoder = Held(device.decoder)
+
+    def made(data: bytes) -> np.ndarray:
+        return decode(data, 0, limits, ImageNet, device)
+
+    with ThreadPoolExecutor(8) as threads:
+        first = threads.submit(made, cuts[0])
+        assert first_called.wait(30)
+        rest = [threads.submit(made, data) for data in cuts[1:]]
+        deadline = time.monotonic() + 30
+        while len(device.waiting) < 7 and time.monotonic() < deadline:  # the seven wait behind the first
+            time.sleep(0.005)
+        release.set()
+        got = [first.result(), *(r.result() for r in rest)]
+    assert calls == [1, 7], calls
+    assert all(np.array_equal(g, decode(data, 0, limits, ImageNet)) for g, data in zip(got, cuts))
+
+
 def test_the_routes_answer_the_same_through_the_gpu_backend(kept, tmp_path, monkeypatch):
     """The in-process app with the engine on the gpu backend (its CPU variant, crops kept and gathered where they were
     made) against the same app on the host backend, a 224-px graph with fixed batch sizes: the same JSON for JPEG
