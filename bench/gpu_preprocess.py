@@ -7,7 +7,8 @@
 For JPEG cuts of the scikit-image photos (500x375 and other sizes, both orientations) at 256 -> 224 px, bilinear:
 each image's crop made by service/device_pixels.py and by the host path (Pillow, service/decode.py), whether 8
 threads calling the device at once get the same crops, and the CPU time (process time: every thread of this process)
-and wall time per image of each, one image at a time. Then a parity set of `--parity` JPEGs (random crops of the
+and wall time per image of each, one image at a time, and from 8 threads at once (images/s, CPU an image, images a
+decoder call). Then a parity set of `--parity` JPEGs (random crops of the
 photos at random sizes and qualities, the same every run): the share of values equal and within one level and, with
 `--model` (one of bench/serve_load.py's, random weights, exported into --work as serve_load does and kept for it),
 the share of images whose top-1 class is the same from either crop, and the largest difference in a probability;
@@ -172,6 +173,17 @@ def decoders(device_id: int | None, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+class _Counted:
+    """A decoder that records how many images each call was given."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.calls = decoder, []
+
+    def decode(self, data, **options):
+        self.calls.append(len(data) if isinstance(data, list) else 1)
+        return self.decoder.decode(data, **options)
+
+
 def timed(make, repeats: int) -> tuple[float, float]:
     """CPU ms and wall ms per call of `make()`, after one call to warm it."""
     make()
@@ -204,10 +216,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # the service calls the device from its decoding threads at once: the same images from 8 threads, 4 times over,
     # must give what they gave one at a time
     serial = {name: decode(data, name, limits, PREPROCESS, device) for name, data in images()}
+    counted = _Counted(device.decoder)
+    device.decoder = counted  # how many images each decoder call took (service/device_pixels.py batches them)
+    cpu, wall = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(8) as threads:
         jobs = [(name, threads.submit(decode, data, name, limits, PREPROCESS, device))
                 for _ in range(4) for name, data in images()]  # fmt: skip
         concurrent_same = sum(np.array_equal(job.result(), serial[name]) for name, job in jobs)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    device.decoder = counted.decoder
+    threaded = {"images_per_s": round(len(jobs) / wall, 1), "cpu_ms": round(1000 * cpu / len(jobs), 3),
+                "images_a_decode_call": round(sum(counted.calls) / max(len(counted.calls), 1), 2)}  # fmt: skip
+    print("8 threads:", threaded, flush=True)
     where = "CPU (nvImageCodec's CPU decoder, the CPU provider)" if device_id is None else f"GPU {device_id}"
     graph, preprocess, model = None, PREPROCESS, "pixels only: no --model"
     if args.model:
@@ -222,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         graph = Graph(path, "cpu" if device_id is None else "cuda", sizes=[64])
         preprocess, model = metadata.preprocess_of(graph.meta), f"{args.model} ({graph.provider}, random weights)"
     return {"device": where, "preprocess": PREPROCESS, "concurrent_same": f"{concurrent_same} of {len(jobs)}",
-            "rows": rows, "model": model, "decoders": decoders(device_id, args.repeats),
+            "threaded": threaded, "rows": rows, "model": model, "decoders": decoders(device_id, args.repeats),
             "parity": parity(device, limits, preprocess, args.parity, graph, DevicePixels(device_id, keep=True))
             if args.parity else None}  # fmt: skip
 
@@ -232,7 +252,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# gpu preprocessing against the host path", "",
         f"Device: {report['device']}; 256 -> 224 px, bilinear; the largest difference of each image below. From 8 "
         f"threads at once, the same crops as one at a time: "
-        f"{report['concurrent_same']}.", "",
+        f"{report['concurrent_same']}, at {report['threaded']}.", "",
         *([f"Parity set ({report['model']}): {report['parity']}", ""] if report.get("parity") else []),
         "| image | bytes | max diff | host CPU ms | host wall ms | device CPU ms | device wall ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
