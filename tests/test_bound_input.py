@@ -5,6 +5,8 @@ and the crops are on the host ("cpu"), which ONNX Runtime binds the same way; th
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,66 @@ def test_a_captured_graph_gets_the_crops_on_the_host(path, monkeypatch):
     pixels = np.random.default_rng(3).integers(0, 256, (3, *graph.input_shape), dtype=np.uint8)
     got = gather(graph, [pixels[:1], Crops([_ortvalue(pixels[1]), pixels[2]])], Memory("cpu"))
     np.testing.assert_allclose(got["probabilities"], graph.run(pixels)["probabilities"], atol=1e-6, rtol=0)
+
+
+class _HostRuntime:
+    """The CUDA runtime calls service/device_batch.py makes, done on host memory with the CUDA runtime's argument
+    order and return codes (0: success), so that its GPU branch (which copy goes where, on which stream, what a
+    failure says) runs here; the real library's behaviour is what tests/test_gpu_preprocessing.py checks on a GPU.
+    The methods have the runtime's own names."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail, self.calls = fail, []
+
+    def _call(self, name: str, *args) -> int:
+        self.calls.append((name, *args[-1:]))  # the name and the last argument (the stream, or the device)
+        return 2 if name == self.fail else 0
+
+    def cudaSetDevice(self, device: int) -> int:
+        return self._call("cudaSetDevice", device)
+
+    def cudaMemcpyAsync(self, to: int, source: int, size: int, kind: int, stream: int) -> int:
+        assert kind == 4  # cudaMemcpyDefault
+        ctypes.memmove(to, source, size)
+        return self._call("cudaMemcpyAsync", stream)
+
+    def cudaMemsetAsync(self, to: int, value: int, size: int, stream: int) -> int:
+        ctypes.memset(to, value, size)
+        return self._call("cudaMemsetAsync", stream)
+
+    def cudaStreamSynchronize(self, stream: int) -> int:
+        return self._call("cudaStreamSynchronize", stream)
+
+    def cudaGetErrorString(self, status: int) -> bytes:
+        return b"out of memory" if status == 2 else b"no error"
+
+
+def test_the_gpu_branch_copies_each_crop_to_its_row_on_its_stream_and_waits_once(path):
+    from service.device_batch import Crops, Memory, gather
+
+    graph = Graph(path, "cpu", 1, sizes=[1, 2, 4])
+    memory = Memory("cpu", device_id=3, stream=77)
+    memory.cuda = _HostRuntime()  # the GPU branch, on host buffers
+    pixels = np.random.default_rng(4).integers(0, 256, (3, *graph.input_shape), dtype=np.uint8)
+    got = gather(graph, [pixels[:1], Crops([_ortvalue(pixels[1]), pixels[2]])], memory)["probabilities"]
+    np.testing.assert_allclose(got, graph.run(pixels)["probabilities"], atol=1e-6, rtol=0)
+    assert memory.cuda.calls == [
+        ("cudaSetDevice", 3),
+        ("cudaMemcpyAsync", 77),
+        ("cudaMemcpyAsync", 77),
+        ("cudaMemcpyAsync", 77),
+        ("cudaMemsetAsync", 77),
+        ("cudaStreamSynchronize", 77),
+    ]
+    buffer = memory.buffers[graph.input_shape].numpy()
+    assert np.array_equal(buffer[:3], pixels) and not buffer[3].any()
+
+
+def test_a_failed_copy_names_the_call_the_gpu_and_the_reason(path):
+    from service.device_batch import Memory, gather
+
+    graph = Graph(path, "cpu", 1)
+    memory = Memory("cpu", device_id=1, stream=5)
+    memory.cuda = _HostRuntime(fail="cudaMemcpyAsync")
+    with pytest.raises(RuntimeError, match="cudaMemcpyAsync failed on GPU 1: out of memory"):
+        gather(graph, [np.zeros((2, *graph.input_shape), np.uint8)], memory)
