@@ -107,7 +107,8 @@ class DevicePixels:
         }
         # each image size's weights, where the resize reads them (WEIGHTS_BYTES)
         self.weights: collections.OrderedDict[tuple, _Weights] = collections.OrderedDict()
-        self.weights_bytes, self.weighing = WEIGHTS_BYTES, threading.Lock()
+        # guards the weights and the failure count, which the decoding threads share
+        self.weights_bytes, self.lock = WEIGHTS_BYTES, threading.Lock()
         self.failures, self.logged = 0, -math.inf  # device failures not logged yet; when the last line was
 
     def takes(self, image: Image.Image, preprocess: dict[str, Any]) -> bool:
@@ -197,7 +198,7 @@ class DevicePixels:
     def _gave_up(self, error: Exception) -> None:
         """Logs a device failure: the first at once, then at most a line a minute counting those since, so images that
         fail here (a client's, or a GPU out of memory) cannot flood the log."""
-        with self.weighing:
+        with self.lock:
             self.failures += 1
             now = time.monotonic()
             if now - self.logged < FAILURE_LOG_S:
@@ -213,7 +214,7 @@ class DevicePixels:
         each call, and uploads come in few sizes (a camera's, a client's resize). The least recently used go first
         once they hold over `weights_bytes`."""
         key = (size, int(preprocess["resize_size"]), int(preprocess["crop_size"]), str(preprocess["interpolation"]))
-        with self.weighing:
+        with self.lock:
             held = self.weights.get(key)
             if held is not None:
                 self.weights.move_to_end(key)
@@ -228,9 +229,8 @@ class DevicePixels:
             ort.OrtValue.ortvalue_from_numpy(cols_t, self.where, self.device_id or 0),
             plan.vertical_first,
             rows.nbytes + cols_t.nbytes,
-            (rows, cols_t) if self.where == "cpu" else (),  # on the host, the OrtValues read these arrays' memory
         )
-        with self.weighing:
+        with self.lock:
             self.weights[key] = made
             while len(self.weights) > 1 and sum(w.nbytes for w in self.weights.values()) > self.weights_bytes:
                 self.weights.popitem(last=False)
@@ -251,7 +251,6 @@ class _Weights(t.NamedTuple):
     cols_t: OrtValue  # float64 [width, crop]
     vertical_first: bool
     nbytes: int
-    arrays: tuple[np.ndarray, ...]
 
 
 @functools.cache

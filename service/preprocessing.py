@@ -27,6 +27,7 @@ import numpy as np
 
 from core.devices import DeviceError, gpu_present, uses_gpu
 from core.errors import UserError, exit_with
+from service import device_batch
 from service.budget import Budget
 from service.config import Limits, ServingConfig
 from service.device_pixels import DECODER_PACKAGES
@@ -34,7 +35,6 @@ from service.pixels import Image, pixels
 
 if t.TYPE_CHECKING:
     from service.decoders import DecodingProcesses
-    from service.device_batch import Crops
     from service.device_pixels import DevicePixels
     from service.runtime import Graph
 
@@ -52,9 +52,9 @@ class Backend(t.Protocol):
 
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
-    ) -> np.ndarray | Crops: ...
+    ) -> np.ndarray | device_batch.Crops: ...
 
-    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]: ...
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | device_batch.Crops]) -> dict[str, np.ndarray]: ...
 
     def warm(self, preprocess: dict[str, Any]) -> None: ...
 
@@ -66,15 +66,14 @@ class Host:
 
     def __init__(self, decoder: DecodingProcesses | None = None) -> None:
         self.decoder = decoder
-        self.device: DevicePixels | None = None
 
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
     ) -> np.ndarray:
         """uint8 [len(images), crop, crop, 3]."""
-        return _stacked(await pixels(images, preprocess, limits, budget, self.decoder, self.device))
+        return _stacked(await pixels(images, preprocess, limits, budget, self.decoder))
 
-    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | device_batch.Crops]) -> dict[str, np.ndarray]:
         """The graph's outputs for the requests' pixels `parts`, in order (run on the engine's session thread)."""
         return graph.run(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
@@ -90,26 +89,23 @@ class Gpu(Host):
     name = "gpu"
 
     def __init__(self, device: DevicePixels) -> None:
-        from service import device_batch  # ONNX Runtime's buffers: imported where a gpu backend is made
-
         super().__init__(None)
         self.device = device
         self.memory = device_batch.Memory.of(device)
-        self.crops, self.gather = device_batch.Crops, device_batch.gather
 
     async def batch(
         self, images: t.Sequence[Image], preprocess: dict[str, Any], limits: Limits, budget: Budget
-    ) -> np.ndarray | Crops:
-        """The host backend's batch where every image took the host path, else the request's `Crops`."""
+    ) -> np.ndarray | device_batch.Crops:
+        """The host backend's batch where every image took the host path, else the request's `device_batch.Crops`."""
         one_each = await pixels(images, preprocess, limits, budget, None, self.device)
         if all(isinstance(crop, np.ndarray) for crop in one_each):
             return _stacked(one_each)
-        return self.crops(one_each)
+        return device_batch.Crops(one_each)
 
-    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | Crops]) -> dict[str, np.ndarray]:
+    def run(self, graph: Graph, parts: t.Sequence[np.ndarray | device_batch.Crops]) -> dict[str, np.ndarray]:
         if all(isinstance(part, np.ndarray) for part in parts):
             return super().run(graph, parts)
-        return self.gather(graph, parts, self.memory)
+        return device_batch.gather(graph, parts, self.memory)
 
     def warm(self, preprocess: dict[str, Any]) -> None:
         self.device.warm(preprocess)

@@ -371,9 +371,9 @@ def test_the_routes_answer_the_same_through_the_gpu_backend(kept, tmp_path, monk
     others = [_encoded(photos[1][:200, :300], "PNG"), _encoded(photos[3][:250, :250], mode="L")]
     made, pixels = [], kept.pixels
     monkeypatch.setattr(kept, "pixels", lambda *args: made.append(args[1]) or pixels(*args))
-    gpu, gathered = preprocessing.Gpu(kept), []
-    monkeypatch.setattr(gpu, "gather", lambda graph, parts, memory: gathered.append(
-        [len(part) for part in parts]) or device_batch.gather(graph, parts, memory))  # fmt: skip
+    gpu, gathered, gather = preprocessing.Gpu(kept), [], device_batch.gather
+    monkeypatch.setattr(device_batch, "gather", lambda graph, parts, memory: gathered.append(
+        [len(part) for part in parts]) or gather(graph, parts, memory))  # fmt: skip
     answers = []
     for backend in (gpu, preprocessing.Host()):
         app = http_app.build(config)
