@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, for the lent H100 or H200 (../shared/gpu/README.md): stage with
-# bench/gpu_stage.sh, then its last call runs `bash .gpu/install.sh && bash bench/gpu_check.sh`. About 7 minutes;
+# bench/gpu_stage.sh, then its last call runs `bash .gpu/install.sh && bash bench/gpu_check.sh`. At most 8 minutes;
 # every step has its own time limit, so a slow step is cut and the rest still report. Everything goes to
 # runs/gpu_check/results; $OUT (the device tool's folder that comes back, at most 8 files; else bench/results/gpu)
 # gets the reports and one tarball. Issue 28's questions first:
@@ -46,7 +46,7 @@ source bench/steps.sh  # step NAME LIMIT_S COMMAND...
 cat "$OUT/machine.txt"
 
 # 0. what bench/gpu_stage.sh put beside two onnxruntime-gpu chunks: call 1's (copied to /tmp/stage: wrk, LuaJIT,
-# py-spy, whose wheel holds only its binary) and call 5's (the decoder's wheels)
+# py-spy, whose wheel holds only its binary) and call 5's (the decoder's wheels, pytest)
 first=/tmp/stage/c1/extra
 for extra in "$first" .gpu/c5/extra; do
   if ls "$extra"/*.whl >/dev/null 2>&1; then

@@ -52,9 +52,9 @@ FORMS = ("multipart", "raw")
 # photo-224: a graph at 224 px (resize 256) whose network is a mean colour and a matrix product (tests/tiny_onnx.py),
 # so a request costs its decoding, resize and crop to 224, and the request path, and almost nothing else;
 # resnet50: bench/serve_load.py's ResNet-50 at 224 (random weights), the GPU's headline model
-MODELS = ("digits", "photo-224", "resnet50")
 DESCRIBED = {"digits": "digits ResNet-18 (random weights)", "photo-224": "a 224-px graph of almost no compute",
              "resnet50": "ResNet-50 at 224 px (random weights)"}  # fmt: skip
+MODELS = tuple(DESCRIBED)
 BATCHES = (1, 4, 16, 64)  # batch sizes the in-process floor times the model at
 
 # The Lua script wrk runs in each of its threads: the request is built once from wrk.method / headers / body;
