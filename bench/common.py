@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import UserError
+from core.errors import UserError, say_error
 
 if TYPE_CHECKING:  # torch is imported where a benchmark measures it: bench.cuda_shapes writes reports without it
     import torch
@@ -47,6 +46,6 @@ def cli(run: Callable[[Any], Any], parse_args: Callable[[list[str] | None], Any]
     try:
         run(parse_args(argv))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(str(e))
         return 2
     return 0

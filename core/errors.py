@@ -21,8 +21,12 @@ def one_line(error: BaseException) -> str:
     return f"error: {message.split('UserError: ')[-1]}"
 
 
-def exit_with(*lines: str) -> t.NoReturn:
-    """Stop a command the way every start-up check and CLI does: each line as `error: ...` on stderr (no traceback),
-    then exit status 2."""
+def say_error(*lines: str) -> None:
+    """Each line as `error: ...` on stderr, flushed: what every refusal to start prints, and nothing else."""
     print("\n".join(f"error: {line}" for line in lines), file=sys.stderr, flush=True)
+
+
+def exit_with(*lines: str) -> t.NoReturn:
+    """Stop a command the way every start-up check and CLI does: `say_error` (no traceback), then exit status 2."""
+    say_error(*lines)
     raise SystemExit(2)

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from core import metadata
+from core.errors import say_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reason = docker_unavailable_reason()
     if reason:
-        print(f"error: {reason}", file=sys.stderr)
+        say_error(reason)
         return 1
     try:
         figures = check(args.image, args.checkpoint, args.data, args.variant)

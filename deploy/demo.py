@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from core import metadata
+from core.errors import say_error
 
 REUSE, DO_IT, REFUSE = 0, 1, 2
 
@@ -54,11 +55,8 @@ def port_free(port: int) -> int:
         try:
             s.bind(("0.0.0.0", port))
         except OSError:
-            print(
-                f"error: port {port} is in use (a server from an earlier make demo?); stop it, "
-                f"or serve on another port: make demo PORT={port + 1}",
-                file=sys.stderr,
-            )
+            say_error(f"port {port} is in use (a server from an earlier make demo?); stop it, or serve on another "
+                      f"port: make demo PORT={port + 1}")  # fmt: skip
             return REFUSE
     return REUSE
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from core import devices
-from core.errors import UserError, one_line
+from core.errors import UserError, one_line, say_error
 
 VERIFY_FAILED = 1
 
@@ -82,9 +82,10 @@ def export_single(args: argparse.Namespace) -> int:
     print(f"verify: {json.dumps(figures)}")
     if not figures["passed"]:
         out.unlink()
-        print(f"error: ONNX Runtime disagrees with PyTorch ({figures['threshold']} not met: "
-              f"max_abs_diff {figures['max_abs_diff']:.3g}, top1_agreement {figures['top1_agreement']:.4f}); "
-              f"removed {out}", file=sys.stderr)  # fmt: skip
+        say_error(
+            f"ONNX Runtime disagrees with PyTorch ({figures['threshold']} not met: max_abs_diff "
+            f"{figures['max_abs_diff']:.3g}, top1_agreement {figures['top1_agreement']:.4f}); removed {out}"
+        )
         return VERIFY_FAILED
     if args.store:
         print(f"stored: {_store(out, args.store, meta)}")
@@ -121,7 +122,7 @@ def export_ensemble(args: argparse.Namespace) -> int:
     print(f"verify: {json.dumps({**figures, 'passed': passed})}")
     if not passed:
         out.unlink()
-        print("error: the fused graph does not reproduce its members; removed it", file=sys.stderr)
+        say_error("the fused graph does not reproduce its members; removed it")
         return VERIFY_FAILED
     if args.store:
         print(f"stored: {_store(out, args.store, meta)}")

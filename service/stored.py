@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from core import metadata
-from core.errors import exit_with
+from core.errors import exit_with, say_error
 from service import patches
 from service.config import ServingConfig, model_name
 
@@ -240,9 +240,7 @@ def give_up(error: BaseException) -> None:
     server = os.environ.get(SERVER_PID)
     if server is None or server != str(os.getppid()):
         return
-    print(f"error: a worker cannot start, so the server stops (BentoML would restart it for ever): "
-          f"{_one_line(error)}", file=sys.stderr)  # fmt: skip
-    sys.stderr.flush()
+    say_error(f"a worker cannot start, so the server stops (BentoML would restart it for ever): {_one_line(error)}")
     os.kill(int(server), signal.SIGUSR1)
     os._exit(2)  # BentoML would log the exception again, with its traceback, before exiting
 
