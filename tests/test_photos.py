@@ -110,6 +110,15 @@ def test_a_refused_fit_leaves_the_folder_as_it_was(photos_root, tmp_path, capsys
         f"? (in {recipe})"
     ), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # refused inside fit, once --overwrite had moved the earlier run aside: it is put back, a seed's folder too
+    (out / "seed1").mkdir()
+    (out / "seed1" / "last.pt").write_bytes(b"seed weights")
+    for late in ("model.pretrained=" + str(tmp_path / "missing.pth"), "train.amp=fp16"):
+        err = _error(capsys, [*_fit_args(out, tmp_path / "data" / "mine", "--overwrite"), late, "device=cpu"])
+        assert "weights file not found" in err or "needs CUDA" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+        assert [p.name for p in out.iterdir() if p.is_dir()] == ["seed1"]
+        assert (out / "seed1" / "last.pt").read_bytes() == b"seed weights"
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from training.run_folder import claim
+from training.run_folder import REPLACED, claim, put_back, started
 
 
 def unfinished(out: Path) -> None:
@@ -24,7 +24,27 @@ def test_a_folder_where_a_run_stopped_before_its_first_epoch_is_reused(tmp_path)
     unfinished(out / "seed1")  # fit --runs: a seed that stopped as early
     (out / "notes.txt").write_text("mine")
     claim(out, resume=False, overwrite=False)  # no --resume, no --overwrite: not refused
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # the stopped run's files are cleared, the user's kept
+    # the stopped run's files are set aside, the user's kept; deleted once the new run starts
+    assert sorted(p.name for p in out.iterdir()) == [REPLACED, "notes.txt"]
+    started()
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_puts_the_earlier_run_back_when_the_new_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    unfinished(out)
+    unfinished(out / "seed1")
+    (out / "seed1" / "last.pt").write_bytes(b"weights")
+    (out / "confusion_test.png").write_bytes(b"picture")
+    (out / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    claim(out, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [REPLACED, "notes.txt"]
+    put_back()  # what the CLI does with a refusal before the run starts
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "seed1" / "last.pt").read_bytes() == b"weights"
+    put_back()  # nothing pending: nothing moves
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 @pytest.mark.parametrize("trained", ["best.pt", "last.pt", "summary.json", "seed1/last.pt"])

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UserError, one_line
+from training import run_folder
 from training.config import parse_overrides
 
 
@@ -182,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(write_digits(out, args.label_fraction))
     except UserError as e:
+        run_folder.put_back()  # a run refused before it started leaves --out as it was
         print(one_line(e), file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C or a bug before the run started: the earlier run back too
+        run_folder.put_back()
+        raise
+    run_folder.started()
     return 0
 
 

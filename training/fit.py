@@ -28,7 +28,7 @@ from torch import nn
 
 from core.errors import UserError
 from training import checkpoint as ckpt
-from training import log
+from training import log, run_folder
 from training.config import from_scratch, save_config
 from training.data import build_splits, describe, eval_loader, train_loader
 from training.distributed import all_mean, barrier, cleanup, init_distributed
@@ -95,6 +95,7 @@ def fit(
     if train_cfg["sync_bn"] and info.enabled and device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
     if info.main:
+        run_folder.started()  # past every refusal: a run --overwrite replaces goes now
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     if show:  # what the run found, before the first step: a wrong data.root or size shows up here, not in hours
