@@ -37,3 +37,12 @@ def store_graphs(env: dict[str, str], *entries: tuple[str, Path] | tuple[str, Pa
     result = subprocess.run([sys.executable, "-c", STORE, json.dumps(rows)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def serving_home(home: Path, serving: str, *entries: tuple[str, Path] | tuple[str, Path, dict[str, Any]]) -> dict:
+    """The environment `bentoml serve` runs in for a test: a model store in `home` holding `entries` (as
+    `store_graphs`), `serving` as its serving.yaml, and its log at home/serve.log."""
+    env = model_home(home)
+    store_graphs(env, *entries)
+    (home / "serving.yaml").write_text(serving)
+    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}

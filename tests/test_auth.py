@@ -24,7 +24,7 @@ from service.client import Client, Refused
 from service.http.keys import Keys, KeysError, presented, read_keys
 from service.http.page import ASSETS
 from tests.conftest import ROOT
-from tests.stores import model_home, store_graphs
+from tests.stores import serving_home
 from tests.test_app import outside
 from tests.test_service import BENTOML, free_port, serving
 from tests.tiny_onnx import tiny_graph
@@ -56,14 +56,11 @@ def _secret(folder: Path, name: str, text: str) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("bentoml")
-    env = model_home(home)
-    store_graphs(env, ("tiny", tiny_graph(home / "tiny.onnx")))
     secret = home / "secret"
     secret.mkdir()
     _secret(secret, "..v1", f"# the service's keys\n\n{KEYS[0]}\n  {KEYS[1]}  \n")
-    (home / "serving.yaml").write_text(SERVING.replace("KEYS_FILE", str(secret / "keys")))
-    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log"),
-            "SECRET": str(secret)}  # fmt: skip
+    serving = SERVING.replace("KEYS_FILE", str(secret / "keys"))
+    return {**serving_home(home, serving, ("tiny", tiny_graph(home / "tiny.onnx"))), "SECRET": str(secret)}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.stores import model_home, store_graphs
+from tests.stores import serving_home
 from tests.test_service import serving
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,7 @@ connections: {header_timeout_s: 2, body_timeout_s: 3, drain_s: 20}
 
 @pytest.fixture(scope="module")
 def store(digits_onnx, tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("bentoml")
-    env = model_home(home)
-    store_graphs(env, ("digits-small", digits_onnx))
-    (home / "serving.yaml").write_text(SERVING)
-    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
+    return serving_home(tmp_path_factory.mktemp("bentoml"), SERVING, ("digits-small", digits_onnx))
 
 
 @pytest.fixture(scope="module")

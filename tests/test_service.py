@@ -28,7 +28,7 @@ from PIL import Image
 from core.images import open_rgb
 from service.predict import read_rows
 from tests.conftest import ROOT, run_cli
-from tests.stores import model_home, store_graphs
+from tests.stores import serving_home
 from training import checkpoint as ckpt
 from training.models import model_from_checkpoint
 from training.transforms import eval_transform
@@ -98,11 +98,8 @@ def running(command: list[str], env: dict, log_path: Path, url: str, cwd: Path =
 @pytest.fixture(scope="module")
 def store(digits_onnx, second_onnx, tmp_path_factory) -> dict:
     """A temporary BentoML home holding the digits ResNet-18 and a second, weaker digits model."""
-    home = tmp_path_factory.mktemp("bentoml")
-    env = model_home(home)
-    store_graphs(env, ("digits-resnet18", digits_onnx), ("digits-b", second_onnx))
-    (home / "serving.yaml").write_text(SERVING)
-    return {**env, "SERVING_CONFIG": str(home / "serving.yaml"), "LOG_PATH": str(home / "serve.log")}
+    return serving_home(tmp_path_factory.mktemp("bentoml"), SERVING, ("digits-resnet18", digits_onnx),
+                        ("digits-b", second_onnx))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
