@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,30 @@ def run_export(*args: str | Path, env: dict | None = None) -> subprocess.Complet
     """`python -m export ARGS` in a real subprocess."""
     return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=env)  # fmt: skip
+
+
+def in_process(main: Callable[[list[str]], int], *args: str | Path) -> subprocess.CompletedProcess:
+    """A CLI's `main(ARGS)` (training's or export's) run in this process, with its exit status and what it printed,
+    in the shape `run_cli` and `run_export` give: the same command without a new interpreter importing torch (3-4 s a
+    call on 2 cores). The tests of the command line itself (the digits recipe, the README's path) keep subprocesses."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def export_in_process(*args: str | Path) -> subprocess.CompletedProcess:
+    """`python -m export ARGS` through `in_process` (no --store: BentoML reads its home once per process)."""
+    from export.__main__ import main
+
+    return in_process(main, *args)
+
+
+def training_in_process(*args: str | Path) -> subprocess.CompletedProcess:
+    """`python -m training ARGS` through `in_process`."""
+    from training.__main__ import main
+
+    return in_process(main, *args)
 
 
 def export_figures(result: subprocess.CompletedProcess) -> dict:
@@ -96,7 +123,7 @@ def second_onnx(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     out = tmp_path_factory.mktemp("second")
     fit(quick_config(digits_root, **{"seed": 7, "data.limit": 256, "train.epochs": 2}), out, show=False)
-    result = run_export(out / "best.pt", "--out", out / "second.onnx", "--verify-images", 32)
+    result = export_in_process(out / "best.pt", "--out", out / "second.onnx", "--verify-images", 32)
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "second.onnx"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DIGITS_RECIPE, run_cli
+from tests.conftest import DIGITS_RECIPE, run_cli, training_in_process
 from training.__main__ import main
 
 
@@ -75,7 +75,7 @@ def test_undecodable_image_in_a_worker_process(tmp_path):
     assert last.startswith("error: cannot decode image") and "a/1.png" in last and "on_bad_image=skip" in last
     assert "Traceback" not in result.stderr
 
-    result = run_cli(
+    result = training_in_process(  # no loader workers: no process boundary to cross, so in this process
         *fit_args(
             tmp_path / "s",
             "data.dataset=imagefolder",

@@ -20,7 +20,7 @@ from core.images import open_rgb
 from core.preprocess import prepare
 from export import verify
 from export.__main__ import main as export_main
-from tests.conftest import export_figures, quick_config, run_export
+from tests.conftest import export_figures, export_in_process, quick_config, run_export
 from training import checkpoint as ckpt
 from training.fit import fit
 from training.models import model_from_checkpoint
@@ -62,7 +62,7 @@ def effnet_checkpoint(digits_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def effnet_export(effnet_checkpoint) -> tuple[Path, subprocess.CompletedProcess]:
     out = effnet_checkpoint.parent / "effnet.onnx"
-    return out, run_export(effnet_checkpoint, "--out", out, "--verify-images", 64)
+    return out, export_in_process(effnet_checkpoint, "--out", out, "--verify-images", 64)
 
 
 def test_resnet_graph_contract_and_metadata(digits_onnx, trained_digits):
@@ -122,7 +122,7 @@ def test_efficientnet_export_verifies_with_ema_weights(effnet_export):
 
 def test_fp16_export_keeps_uint8_in_and_float32_out(trained_digits, tmp_path):
     out = tmp_path / "digits_fp16.onnx"
-    result = run_export(trained_digits / "best.pt", "--out", out, "--fp16")
+    result = export_in_process(trained_digits / "best.pt", "--out", out, "--fp16")
     assert result.returncode == 0, result.stderr[-3000:]
     f = export_figures(result)
     assert f["precision"] == "fp16" and f["top1_agreement"] >= 0.995 and f["max_abs_diff"] < 0.05
@@ -135,7 +135,7 @@ def test_fp16_export_keeps_uint8_in_and_float32_out(trained_digits, tmp_path):
 
 def test_ensemble_graph_equals_averaging_the_members(digits_onnx, second_onnx, tmp_path):
     out = tmp_path / "ens.onnx"
-    result = run_export("ensemble", digits_onnx, second_onnx, "--out", out, "--weights", 3, 1)
+    result = export_in_process("ensemble", digits_onnx, second_onnx, "--out", out, "--weights", 3, 1)
     assert result.returncode == 0, result.stderr[-3000:]
     sess = session(out)
     assert [i.name for i in sess.get_inputs()] == ["images"]
@@ -157,11 +157,11 @@ def test_ensemble_refuses_members_that_differ(digits_onnx, effnet_export, tmp_pa
         if prop.key == "labels":
             prop.value = json.dumps(["zero", *map(str, range(1, 10))])
     onnx.save_model(relabelled, str(tmp_path / "relabelled.onnx"))
-    result = run_export("ensemble", digits_onnx, tmp_path / "relabelled.onnx", "--out", tmp_path / "e.onnx")
+    result = export_in_process("ensemble", digits_onnx, tmp_path / "relabelled.onnx", "--out", tmp_path / "e.onnx")
     assert result.returncode == 2
     assert "must share labels" in result.stderr and "class 0 is '0'" in result.stderr and "'zero'" in result.stderr
 
-    result = run_export("ensemble", digits_onnx, effnet_export[0], "--out", tmp_path / "e.onnx")
+    result = export_in_process("ensemble", digits_onnx, effnet_export[0], "--out", tmp_path / "e.onnx")
     assert result.returncode == 2 and "take different inputs (resize_size 32 in" in result.stderr
     assert not (tmp_path / "e.onnx").exists()
 

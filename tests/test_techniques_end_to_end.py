@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import DIGITS_RECIPE, run_cli, split_probabilities
+from tests.conftest import DIGITS_RECIPE, split_probabilities, training_in_process
 from training import checkpoint as ckpt
 from training.__main__ import main
 from training.digits import write_digits
@@ -28,11 +28,11 @@ def _folder(root) -> list[str]:
 @pytest.mark.slow
 def test_distillation_beats_the_student_alone_on_a_small_label_budget(trained_digits, low_label, tmp_path):
     # same number of optimizer steps: 20 epochs of 126 labelled images against 2 epochs of 1,258 images
-    alone = run_cli(
+    alone = training_in_process(
         "fit", "--config", DIGITS_RECIPE, "--out", tmp_path / "alone", "--set", *_folder(low_label), "train.epochs=20"
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    kd = run_cli(
+    kd = training_in_process(
         "distill", "--teacher", trained_digits / "best.pt", "--config", DIGITS_RECIPE, "--out", tmp_path / "kd",
         "--unlabeled", low_label / "unlabeled", "--set", *_folder(low_label), "train.epochs=2",
     )  # fmt: skip
@@ -80,7 +80,7 @@ def test_one_self_training_iteration_saves_its_pseudo_labels(low_label, tmp_path
     for path in sorted((low_label / "unlabeled").glob("*.png"))[:200]:
         shutil.copy(path, unlabeled / path.name)
     out = tmp_path / "st"
-    result = run_cli(
+    result = training_in_process(
         "self-train", "--config", DIGITS_RECIPE, "--unlabeled", unlabeled, "--iterations", 1, "--out", out,
         "--set", *_folder(low_label), "train.epochs=2", "self_train.balance=true",
     )  # fmt: skip
@@ -103,11 +103,12 @@ def test_one_self_training_iteration_saves_its_pseudo_labels(low_label, tmp_path
     assert ckpt.load(out / "best.pt")["metrics"]["test_acc"] == summary["final_test_acc"]
 
     # the same teacher labels the folder through the stand-alone command
-    labels = run_cli("pseudo-label", out / "iter0" / "best.pt", "--images", unlabeled, "--out", tmp_path / "p.csv")
+    teacher = out / "iter0" / "best.pt"
+    labels = training_in_process("pseudo-label", teacher, "--images", unlabeled, "--out", tmp_path / "p.csv")
     assert labels.returncode == 0, labels.stderr[-2000:]
     assert json.loads(labels.stdout.strip().splitlines()[-1])["rows"] == 200
-    too_high = run_cli("pseudo-label", out / "iter0" / "best.pt", "--images", unlabeled, "--out", tmp_path / "q.csv",
-                       "--threshold", "0.99999")  # fmt: skip
+    too_high = training_in_process("pseudo-label", teacher, "--images", unlabeled, "--out", tmp_path / "q.csv",
+                                   "--threshold", "0.99999")  # fmt: skip
     assert too_high.returncode == 2 and "no image reaches the pseudo-label threshold" in too_high.stderr
 
 
@@ -129,7 +130,7 @@ def test_self_train_errors(low_label, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_path):
     out = tmp_path / "bag"
-    result = run_cli(
+    result = training_in_process(
         "bag", "--config", DIGITS_RECIPE, "--members", 3, "--bootstrap", "--out", out, "--set",
         f"data.root={digits_root}", "data.limit=400", "data.batch_size=32", "train.epochs=2",
     )  # fmt: skip
@@ -158,7 +159,7 @@ def test_a_bag_of_three_votes_no_worse_than_its_mean_member(digits_root, tmp_pat
 @pytest.mark.slow
 def test_progressive_stages_appear_in_the_metrics(digits_root, tmp_path):
     out = tmp_path / "prog"
-    result = run_cli(
+    result = training_in_process(
         "fit", "--config", DIGITS_RECIPE, "--out", out, "--set", f"data.root={digits_root}", "data.limit=128",
         "data.batch_size=32", "train.epochs=2", "progressive.stages=2", "progressive.start_size=16",
         "model.dropout=0.2", "progressive.start_dropout=0.0", "progressive.batch_sizes=[64, 32]",
