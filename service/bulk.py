@@ -336,11 +336,11 @@ def predict_on_ray(
     local = Model.load(model, voting, weights, "cpu")  # refuses a bad model here, before Ray starts
     out.mkdir(parents=True, exist_ok=True)
     todo = still_to_do(paths, out)
-    ray_start = time.perf_counter()
-    start_ray(address)
-    startup = time.perf_counter() - ray_start
-    summary = BulkSummary(0, 0, 0.0, str(out), skipped=len(paths) - len(todo), startup_s=startup)
-    if todo:
+    summary = BulkSummary(0, 0, 0.0, str(out), skipped=len(paths) - len(todo))
+    if todo:  # a rerun of a finished job answers at once: no Ray to start (its fixed cost is seconds)
+        ray_start = time.perf_counter()
+        start_ray(address)
+        summary.startup_s = time.perf_counter() - ray_start
         gpus = gpus_in_cluster() if device != "cpu" else 0
         if device == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")

@@ -83,3 +83,19 @@ def test_a_missing_token_is_one_line_and_exit_2(job, tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     [line] = [line for line in refused.stderr.splitlines() if not RAY_LOG.match(line)]
     assert line.startswith(f"error: cannot join the Ray cluster at {address}: ") and "token" in line, line
+
+
+@needs_ray
+def test_a_finished_job_run_again_answers_at_once_without_joining_ray(job):
+    """Every path already in a part: the rerun writes nothing and never joins Ray, so even an address where nothing
+    listens is not contacted (had the run not filtered its paths, it would have tried it and stopped there)."""
+    graph, image, out = job
+    out.mkdir()
+    pq.write_table(pa.table({"path": [str(image.absolute())], "label": ["0"]}), out / "part-a.parquet")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    rerun = cli(graph, image, out, address)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "0 classified, 0 unreadable" in rerun.stdout and "1 already written; Ray start-up 0.0 s" in rerun.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["part-a.parquet"]
