@@ -13,7 +13,8 @@ machines (a GPU machine too: there the host CPU is what the request path costs).
   - `service`: `bentoml serve` of the project's service (`--tree`'s checkout, `--workers` workers) with
     bench/serve_load.py's temporary store and serving.yaml for `--model` (digits by default: ResNet-18 at 32 px,
     random weights);
-  - `fastapi`: bench/fastapi_baseline.py under uvicorn (one image a call, no batching; `--workers` processes);
+  - `fastapi`: bench/fastapi_baseline.py under uvicorn (one image a call, no batching; `--fastapi-workers`
+    processes, one by default);
   - `litserve`: bench/litserve_baseline.py (its own batching; skipped with a note when litserve is missing:
     `pip install -e '.[bench]'`);
   - `bentoml-api`: bench/bentoml_baseline.py, the plain batchable BentoML API from BentoML's docs;
@@ -359,7 +360,7 @@ def server_command(target: str, args: argparse.Namespace, graphs: dict[str, Path
         return sl.SERVE, {**env, "SERVING_CONFIG": str(serving), "PYTHONPATH": str(tree)}, "/readyz", tree
     if target == "fastapi":
         cmd = [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host", "127.0.0.1", "--port",
-               "{port}", "--log-level", "warning", "--workers", str(args.workers)]  # fmt: skip
+               "{port}", "--log-level", "warning", "--workers", str(args.fastapi_workers)]  # fmt: skip
         return cmd, plain, "/docs", sl.ROOT
     if target == "litserve":
         cmd = [sys.executable, "-m", "bench.litserve_baseline", "--port", "{port}", "--device", device]
@@ -380,8 +381,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each measured wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of the wrk run before each measured one")
-    p.add_argument("--workers", type=int, default=1,
-                   help="the service's worker processes, and FastAPI's (uvicorn --workers)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="the service's worker processes")
+    p.add_argument("--fastapi-workers", type=int, default=1, help="the FastAPI endpoint's processes (uvicorn)")
     p.add_argument("--decoding-processes", type=int, default=0, help="decoding.processes of each worker (0: threads)")
     p.add_argument(
         "--model",
@@ -513,10 +514,9 @@ def run(args: argparse.Namespace) -> None:
         notes.append("raw: errors are the service's answers to a body that is the image itself")
     settings = (f"wrk, {args.duration:g} s measured after {args.warmup:g} s warm-up, one image a request (small: "
                 f"a 32x32 digits PNG, {len(pictures['small'][1])} bytes; photo: a 500x375 JPEG, "
-                f"{len(pictures['photo'][1])} bytes); {DESCRIBED[args.model]}; service and FastAPI workers "
-                f"{args.workers} (decoding processes {args.decoding_processes}), tree {args.tree.resolve()}; device "
-                f"{args.device}, preprocessing "
-                f"{args.preprocessing}.")  # fmt: skip
+                f"{len(pictures['photo'][1])} bytes); {DESCRIBED[args.model]}; service workers "
+                f"{args.workers} (decoding processes {args.decoding_processes}), FastAPI's {args.fastapi_workers}; "
+                f"tree {args.tree.resolve()}; device {args.device}, preprocessing {args.preprocessing}.")  # fmt: skip
     notes.append("floor (in this process, the service's own code, CPU time): " + "; ".join(
         f"{image}: decode + resize {f['decode_ms']} ms, the model {f['model_ms']} ms an image at batch "
         f"{', '.join(map(str, f['model_ms']))}" for image, f in floors.items()))  # fmt: skip
