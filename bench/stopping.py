@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
+import signal
 import socket
 import threading
 import time
@@ -26,8 +28,9 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from bench.attacks import _image
+from bench import loadgen
 from bench.common import cli, write_report
 from bench.serve_load import ROOT, SERVE, prepare_models, server, store_env
 from service.config import Connections
@@ -45,10 +48,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _body(png: bytes) -> tuple[bytes, dict[str, str]]:
-    boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"n.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body, content_type = loadgen.multipart([("n.png", png)])
+    return body, {"Content-Type": content_type}
 
 
 def _load(host: str, port: int, png: bytes, stop: threading.Event, counts: Counter, lock: threading.Lock) -> None:
@@ -122,7 +123,9 @@ def _idle(host: str, port: int, png: bytes, outcome: list[str], ready: threading
 def stop_under_load(env: dict, serving: Any, log: Any, args: argparse.Namespace, after_readyz: float) -> dict:
     import httpx
 
-    png = _image(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8), "PNG")
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, "PNG")
+    png = out.getvalue()
     with server(SERVE, {**env, "SERVING_CONFIG": str(serving)}, log, "/readyz") as (url, proc):
         host, port = url.removeprefix("http://").split(":")
         counts: Counter = Counter()
@@ -141,7 +144,8 @@ def stop_under_load(env: dict, serving: Any, log: Any, args: argparse.Namespace,
         with lock:
             before = dict(counts)
         signalled = time.monotonic()
-        proc.send_signal(15)  # the arbiter: BentoML passes SIGTERM to its workers, as `kubectl delete pod` does
+        # the arbiter: BentoML passes SIGTERM on to its workers, as `kubectl delete pod` does
+        proc.send_signal(signal.SIGTERM)
         readyz_503 = None
         while readyz_503 is None and proc.poll() is None and time.monotonic() - signalled < 30:
             try:
