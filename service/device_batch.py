@@ -101,7 +101,7 @@ def gather(graph: Graph, parts: t.Sequence[np.ndarray | Crops], memory: Memory) 
     if graph.captured:
         # a CUDA graph replays its kernels on the input buffer bound when it was captured: the crops come to the host
         # and the session copies them there (cuda.cuda_graph is opt-in; gathering into that buffer is not built)
-        return graph.run(np.concatenate([_on_host(part) for part in parts]))
+        return graph.run(np.concatenate([on_host(part) for part in parts]))
     rows, shape = graph.run_size(images), graph.input_shape
     row = int(np.prod(shape))
     start = memory.buffer(rows, shape)
@@ -141,7 +141,8 @@ def _fits(crop: Crop, shape: tuple[int, ...]) -> Crop:
     return crop
 
 
-def _on_host(part: np.ndarray | Crops) -> np.ndarray:
+def on_host(part: np.ndarray | Crops) -> np.ndarray:
+    """A request's pixels as one host array, uint8 [n, crop, crop, 3]: its crops brought from where they were made."""
     if isinstance(part, np.ndarray):
         return part
     return np.stack([crop if isinstance(crop, np.ndarray) else crop.numpy() for crop in part])
